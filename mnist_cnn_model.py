@@ -1,0 +1,484 @@
+"""
+Train the classic MNIST CNN and save its weights.
+
+    python mnist_cnn_model.py              # 10 epochs, about 2 minutes on a 2-core laptop CPU
+    python mnist_cnn_model.py --limit 2000 --epochs 1   # a smoke test in seconds
+
+The data set ships in data/MNIST/raw/ (checksummed), so no network is needed. The weights are
+saved as a plain state_dict to mnist_cnn.pt; predict.py reads them.
+"""
+import argparse
+import gzip
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import zlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+# Mean and standard deviation of the MNIST training pixels (in [0, 1]). Training and predict.py
+# both normalise with these, so a digit is seen the same way at both ends.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+class CNN(nn.Module):
+    """Conv(1->32, 3x3) + ReLU, MaxPool 2x2, Conv(32->64, 3x3) + ReLU, MaxPool 2x2,
+    Linear(64*7*7 -> 128) + ReLU, Linear(128 -> 10). Returns logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3, padding=1)
+        self.fc1 = nn.Linear(64 * 7 * 7, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        # ReLU and max-pooling commute (both are monotonic), so pooling first gives the same
+        # numbers and gradients while the ReLU touches a quarter of the values.
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+# SHA-256 of the uncompressed IDX files (the bytes torchvision reads). They identify MNIST whether
+# it came from the embedded copy or from a mirror, whose gzip wrappers differ byte-wise.
+MNIST_FILES = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+
+class DataError(RuntimeError):
+    """The data set is missing or damaged; the message says what to do."""
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _unpack(gz_path, out_path, expected_sha):
+    """Decompress gz_path to out_path, refusing content whose checksum is not MNIST's."""
+    tmp_path = out_path + ".tmp"
+    try:
+        with gzip.open(gz_path, "rb") as src, open(tmp_path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        ok = sha256_of(tmp_path) == expected_sha
+    except (OSError, EOFError, zlib.error):
+        ok = False
+    if not ok:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise DataError(
+            f"{gz_path} is corrupted or truncated (its content does not match the MNIST checksum); "
+            f"restore it with 'git checkout -- {gz_path}', or delete it to download a fresh copy."
+        )
+    os.replace(tmp_path, out_path)  # atomic: a crash never leaves a half-written file in place
+
+
+def _download(raw_dir, name):
+    """Fetch one missing file through torchvision, which tries each of its MNIST mirrors."""
+    from torchvision.datasets import MNIST
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    filename, md5 = next((f, m) for f, m in MNIST.resources if f.startswith(name))
+    for mirror in MNIST.mirrors:
+        try:
+            download_and_extract_archive(mirror + filename, raw_dir, filename=filename, md5=md5)
+            return
+        except (OSError, RuntimeError):  # URLError is an OSError; a bad checksum a RuntimeError
+            continue
+    raise DataError(
+        f"MNIST file {filename} is not in {raw_dir} and could not be downloaded (no network?); "
+        f"copy the four MNIST .gz files into {raw_dir} (this repository ships them in data/MNIST/raw/)."
+    )
+
+
+def prepare_mnist(data_dir):
+    """Make sure the four uncompressed MNIST files in data_dir/MNIST/raw are present and intact:
+    verify what is there, unpack the embedded .gz copies, download only what is missing.
+    Returns the SHA-256 of each file."""
+    raw_dir = os.path.join(data_dir, "MNIST", "raw")
+    os.makedirs(raw_dir, exist_ok=True)
+    for name, expected_sha in MNIST_FILES.items():
+        path = os.path.join(raw_dir, name)
+        if os.path.exists(path) and sha256_of(path) == expected_sha:
+            continue
+        if not os.path.exists(path + ".gz"):
+            _download(raw_dir, name)
+        _unpack(path + ".gz", path, expected_sha)
+    return dict(MNIST_FILES)
+
+
+def load_mnist(data_dir, train, device="cpu"):
+    """The whole MNIST split as normalised tensors: images (N, 1, 28, 28) float32, labels (N,)."""
+    from torchvision.datasets import MNIST
+
+    prepare_mnist(data_dir)
+    dataset = MNIST(data_dir, train=train, download=False)
+    images = (dataset.data.unsqueeze(1).float() / 255 - MNIST_MEAN) / MNIST_STD
+    return images.to(device), dataset.targets.to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+def augment_batch(images, generator):
+    """Random small rotation, scale, shear and shift of each image, done for the whole batch at
+    once with one affine resampling (cheap on a CPU, unlike per-sample PIL transforms)."""
+    n = images.shape[0]
+    r = torch.rand(n, 5, generator=generator) * 2 - 1  # uniform in [-1, 1)
+    angle, scale, shear = r[:, 0] * math.radians(12), 1 + 0.12 * r[:, 1], 0.2 * r[:, 2]
+    shift = r[:, 3:5] * (2.5 / 14)  # up to 2.5 pixels; affine_grid works in [-1, 1] coordinates
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([
+        torch.stack([cos, -sin + shear * cos, shift[:, 0]], 1),
+        torch.stack([sin, cos + shear * sin, shift[:, 1]], 1),
+    ], 1).to(images.device)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    # Pixels that come in from outside the image must be background, not zero (zero is grey
+    # after normalisation), so resample the offset from the background value.
+    background = -MNIST_MEAN / MNIST_STD
+    return F.grid_sample(images - background, grid, align_corners=False) + background
+
+
+def train_epoch(model, optimizer, images, labels, batch_size, generator, augment=False,
+                progress=None, should_stop=lambda: False):
+    """One pass over the shuffled training set. Returns the mean loss, or None when should_stop()
+    turned true (checked after every batch, a safe point to stop at)."""
+    model.train()
+    order = torch.randperm(len(images), generator=generator).to(images.device)
+    total_loss = torch.zeros((), device=images.device)
+    for start in range(0, len(images), batch_size):
+        idx = order[start:start + batch_size]
+        x = images[idx].contiguous(memory_format=torch.channels_last)
+        if augment:
+            x = augment_batch(x, generator)
+        loss = F.cross_entropy(model(x), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # Accumulate on the device: reading loss.item() every batch would stall a GPU.
+        total_loss += loss.detach() * len(idx)
+        if progress is not None:
+            progress.update(len(idx))
+            if start // batch_size % 50 == 0:
+                progress.set_postfix(loss=f"{loss.item():.4f}")
+        if should_stop():
+            return None
+    return total_loss.item() / len(images)
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, batch_size=1000):
+    """Mean loss, number correct and the predicted class of every image."""
+    model.eval()
+    total_loss, predictions = 0.0, []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].contiguous(memory_format=torch.channels_last)
+        logits = model(x)
+        total_loss += F.cross_entropy(logits, labels[start:start + batch_size], reduction="sum").item()
+        predictions.append(logits.argmax(1))
+    predictions = torch.cat(predictions)
+    return total_loss / len(images), int((predictions == labels).sum()), predictions
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving: every file is written to a temporary name and renamed into place, so a crash, a
+# Ctrl-C or a full disk never leaves a truncated file where a good one was.
+
+def atomic_save(obj, path):
+    tmp_path = f"{path}.tmp"
+    try:
+        torch.save(obj, tmp_path)
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def atomic_write_json(obj, path):
+    tmp_path = f"{path}.tmp"
+    try:
+        with open(tmp_path, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def pick_device(name=None):
+    if name is None:
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    return torch.device(name)
+
+
+class StopRequest:
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request to stop at the next safe point;
+    a second one exits at once (checkpoints are written atomically, so that loses nothing)."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self):
+        return self.signal is not None
+
+    def handle(self, signum, frame):
+        if self.signal is not None:
+            print("\nStopped at once.", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping after this batch "
+              "(press Ctrl-C again to stop at once).", file=sys.stderr, flush=True)
+
+    def install(self):
+        signal.signal(signal.SIGINT, self.handle)
+        signal.signal(signal.SIGTERM, self.handle)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder: figures that show what happened
+
+def save_figures(run_dir, history, confusion, mistakes):
+    """curves.png (loss and accuracy per epoch), confusion_matrix.png and mistakes.png (test digits
+    the model got wrong, labelled true/predicted). mistakes: list of (image 28x28, true, pred)."""
+    from matplotlib.figure import Figure  # imported here: only training needs it, and it is slow
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [h["test_accuracy"] for h in history], "o-", color="tab:green")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.savefig(os.path.join(run_dir, "curves.png"), dpi=100)
+
+    fig = Figure(figsize=(7, 6), layout="constrained")
+    ax = fig.subplots()
+    # Log colour scale: the diagonal holds ~1000 per class, the errors a handful.
+    im = ax.imshow(confusion.numpy() + 1, cmap="Blues", norm="log")
+    for true in range(10):
+        for pred in range(10):
+            count = int(confusion[true, pred])
+            if count:
+                ax.text(pred, true, count, ha="center", va="center", fontsize=8,
+                        color="white" if true == pred else "black")
+    ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
+           title="Confusion matrix on the 10,000 test digits")
+    fig.colorbar(im, ax=ax, label="count + 1")
+    fig.savefig(os.path.join(run_dir, "confusion_matrix.png"), dpi=100)
+
+    cols = 8
+    rows = max(1, math.ceil(len(mistakes) / cols))
+    fig = Figure(figsize=(cols * 1.2, rows * 1.4), layout="constrained")
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax, (image, true, pred) in zip(axes, mistakes):
+        ax.imshow(image, cmap="gray")
+        ax.set_title(f"true {true} / pred {pred}", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"Misclassified test digits (first {len(mistakes)})")
+    fig.savefig(os.path.join(run_dir, "mistakes.png"), dpi=100)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+TRAINING_DEFAULTS = dict(epochs=10, batch_size=64, lr=0.001, seed=1, data_dir="data",
+                         weights="mnist_cnn.pt", limit=None, augment=False)
+
+
+def parse_args(argv=None):
+    d = TRAINING_DEFAULTS
+    parser = argparse.ArgumentParser(description="Train the MNIST CNN and save its weights.")
+    parser.add_argument("--epochs", type=int, help=f"number of epochs (default: {d['epochs']})")
+    parser.add_argument("--batch-size", type=int, help=f"training batch size (default: {d['batch_size']})")
+    parser.add_argument("--lr", type=float, help=f"Adam learning rate (default: {d['lr']})")
+    parser.add_argument("--seed", type=int, help=f"random seed; the same seed repeats a CPU run exactly (default: {d['seed']})")
+    parser.add_argument("--data-dir", help=f"folder holding MNIST/raw (default: {d['data_dir']})")
+    parser.add_argument("--weights", help=f"where to save the trained state_dict (default: {d['weights']})")
+    parser.add_argument("--limit", type=int, help="train on the first N training images only, for smoke tests (default: all 60000)")
+    parser.add_argument("--augment", action="store_true", default=None,
+                        help="randomly rotate, scale, shear and shift the training digits (default: off)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
+    parser.add_argument("--run-dir", help="folder for metrics, figures and the checkpoint (default: runs/<timestamp>)")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the interrupted run in RUN_DIR with its own settings (--epochs may extend it)")
+    parser.add_argument("--min-accuracy", type=float, metavar="PERCENT",
+                        help="exit with status 1 if the final test accuracy is below this (default: no check)")
+    args = parser.parse_args(argv)
+
+    checks = [("epochs", 1), ("batch_size", 1), ("limit", 1)]
+    for name, low in checks:
+        value = getattr(args, name)
+        if value is not None and value < low:
+            parser.error(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    if args.lr is not None and not args.lr > 0:
+        parser.error(f"--lr must be positive, got {args.lr}")
+    try:
+        device = pick_device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r} is not a device name (try cpu, cuda or mps)")
+    if (device.type == "cuda" and not torch.cuda.is_available()) or \
+            (device.type == "mps" and not torch.backends.mps.is_available()):
+        parser.error(f"--device {args.device} is not available on this machine")
+
+    if args.resume:
+        checkpoint_path = os.path.join(args.resume, "checkpoint.pt")
+        if not os.path.isfile(checkpoint_path):
+            parser.error(f"--resume {args.resume}: no checkpoint.pt there to resume from")
+        try:
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            config = dict(checkpoint["config"])
+        except Exception:
+            parser.error(f"--resume {args.resume}: checkpoint.pt is damaged or not a checkpoint of this script")
+        if args.epochs is not None:
+            config["epochs"] = args.epochs
+        run_dir = args.resume
+    else:
+        checkpoint = None
+        config = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in d.items()}
+        run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+
+    # Find unwritable outputs now, not after an hour of training.
+    for folder in (run_dir, os.path.dirname(os.path.abspath(config["weights"]))):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            parser.error(f"cannot write to {folder}: {e.strerror}")
+    return config, device, run_dir, checkpoint, args.min_accuracy
+
+
+def main(argv=None):
+    config, device, run_dir, checkpoint, min_accuracy = parse_args(argv)
+    try:
+        data_sha256 = prepare_mnist(config["data_dir"])
+        train_images, train_labels = load_mnist(config["data_dir"], train=True, device=device)
+        test_images, test_labels = load_mnist(config["data_dir"], train=False, device=device)
+    except DataError as e:
+        sys.exit(f"Error: {e}")
+    if config["limit"]:
+        train_images, train_labels = train_images[:config["limit"]], train_labels[:config["limit"]]
+
+    torch.manual_seed(config["seed"])
+    model = CNN().to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=device.type in ("cpu", "cuda"))
+    # Shuffling and augmentation draw from this generator alone, so saving its state in the
+    # checkpoint is enough for a resumed run to continue exactly as an uninterrupted one.
+    generator = torch.Generator().manual_seed(config["seed"])
+    history, elapsed = [], 0.0
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        generator.set_state(checkpoint["generator"])
+        history, elapsed = checkpoint["history"], checkpoint["elapsed"]
+        print(f"Resuming {run_dir} after epoch {len(history)} of {config['epochs']}")
+
+    def save_checkpoint():
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "generator": generator.get_state(), "config": config,
+                     "history": history, "elapsed": elapsed}, checkpoint_path)
+
+    def metrics(**final):
+        return {"config": config, "device": str(device), "epochs": history,
+                "train_seconds": round(elapsed, 1), "data_sha256": data_sha256,
+                "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                             "torchvision": importlib.metadata.version("torchvision")},
+                "finished": bool(final), **final}
+
+    if checkpoint is None:
+        save_checkpoint()  # even a run stopped in its first epoch can be resumed
+    stop = StopRequest()
+    stop.install()
+    n_test = len(test_labels)
+    predictions = None
+    for epoch in range(len(history) + 1, config["epochs"] + 1):
+        start = time.perf_counter()
+        with tqdm(total=len(train_images), desc=f"Epoch {epoch}/{config['epochs']}", unit="img",
+                  unit_scale=True, leave=False, disable=None, dynamic_ncols=True) as progress:
+            train_loss = train_epoch(model, optimizer, train_images, train_labels, config["batch_size"],
+                                     generator, config["augment"], progress, stop)
+        if train_loss is None:
+            sys.exit(interrupted_message(run_dir, epoch - 1, stop.signal))
+        test_loss, correct, predictions = evaluate(model, test_images, test_labels)
+        seconds = time.perf_counter() - start
+        elapsed += seconds
+        history.append({"epoch": epoch, "train_loss": train_loss, "test_loss": test_loss,
+                        "test_accuracy": 100 * correct / n_test, "seconds": round(seconds, 2)})
+        print(f"Epoch {epoch}/{config['epochs']}: loss {train_loss:.4f}, test loss {test_loss:.4f}, "
+              f"test accuracy {100 * correct / n_test:.2f}%, {seconds:.1f}s", flush=True)
+        save_checkpoint()
+        atomic_write_json(metrics(), os.path.join(run_dir, "metrics.json"))
+        if stop():
+            sys.exit(interrupted_message(run_dir, epoch, stop.signal))
+
+    if predictions is None:  # resumed a run whose epochs were all done
+        _, correct, predictions = evaluate(model, test_images, test_labels)
+    test_labels, predictions = test_labels.cpu(), predictions.cpu()
+    confusion = torch.bincount(test_labels * 10 + predictions, minlength=100).reshape(10, 10)
+    per_class = {str(d): round(100 * confusion[d, d].item() / confusion[d].sum().item(), 2) for d in range(10)}
+    accuracy = 100 * correct / n_test
+    wrong = (predictions != test_labels).nonzero().flatten()[:48].tolist()
+    mistakes = [(test_images[i, 0].cpu() * MNIST_STD + MNIST_MEAN, int(test_labels[i]), int(predictions[i]))
+                for i in wrong]
+    save_figures(run_dir, history, confusion, mistakes)
+    final = {"test_accuracy": accuracy, "correct": correct, "total": n_test,
+             "per_class_accuracy": per_class, "confusion_matrix": confusion.tolist()}
+    atomic_write_json(metrics(**final), os.path.join(run_dir, "metrics.json"))
+
+    weights = config["weights"]
+    atomic_save(model.state_dict(), weights)
+    # The weights file stays a plain state_dict; what produced it is recorded beside it.
+    atomic_write_json({"config": config, "test_accuracy": accuracy, "per_class_accuracy": per_class,
+                       "torch": torch.__version__, "device": str(device), "data_sha256": data_sha256,
+                       "run_dir": run_dir, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                      os.path.splitext(weights)[0] + ".json")
+    print(f"Saved weights to {weights}; curves, confusion matrix and mistakes in {run_dir}/")
+    print(f"Test accuracy: {accuracy:.2f}% ({correct}/{n_test})")
+    if min_accuracy is not None and accuracy < min_accuracy:
+        sys.exit(f"Error: test accuracy {accuracy:.2f}% is below the required {min_accuracy}%.")
+
+
+def interrupted_message(run_dir, epochs_done, signum):
+    return (f"{signal.Signals(signum).name}: stopped. The checkpoint after epoch {epochs_done} is in "
+            f"{run_dir}/checkpoint.pt; continue with: python mnist_cnn_model.py --resume {run_dir}")
+
+
+if __name__ == "__main__":
+    main()
