@@ -306,7 +306,7 @@ def save_figures(run_dir, history, confusion, mistakes):
     fig = Figure(figsize=(cols * 1.2, rows * 1.4), layout="constrained")
     axes = list(fig.subplots(rows, cols, squeeze=False).flat)
     for ax, (image, true, pred) in zip(axes, mistakes):
-        ax.imshow(image, cmap="gray")
+        ax.imshow(image.numpy(), cmap="gray")
         ax.set_title(f"true {true} / pred {pred}", fontsize=8)
     for ax in axes:
         ax.axis("off")
@@ -374,7 +374,7 @@ def parse_args(argv=None):
         run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
 
     # Find unwritable outputs now, not after an hour of training.
-    for folder in (run_dir, os.path.dirname(os.path.abspath(config["weights"]))):
+    for folder in (os.path.dirname(os.path.abspath(config["weights"])), run_dir):
         try:
             os.makedirs(folder, exist_ok=True)
             with tempfile.TemporaryFile(dir=folder):
@@ -435,7 +435,7 @@ def main(argv=None):
             train_loss = train_epoch(model, optimizer, train_images, train_labels, config["batch_size"],
                                      generator, config["augment"], progress, stop)
         if train_loss is None:
-            sys.exit(interrupted_message(run_dir, epoch - 1, stop.signal))
+            exit_interrupted(run_dir, epoch - 1, stop.signal)
         test_loss, correct, predictions = evaluate(model, test_images, test_labels)
         seconds = time.perf_counter() - start
         elapsed += seconds
@@ -446,7 +446,7 @@ def main(argv=None):
         save_checkpoint()
         atomic_write_json(metrics(), os.path.join(run_dir, "metrics.json"))
         if stop():
-            sys.exit(interrupted_message(run_dir, epoch, stop.signal))
+            exit_interrupted(run_dir, epoch, stop.signal)
 
     if predictions is None:  # resumed a run whose epochs were all done
         _, correct, predictions = evaluate(model, test_images, test_labels)
@@ -475,9 +475,11 @@ def main(argv=None):
         sys.exit(f"Error: test accuracy {accuracy:.2f}% is below the required {min_accuracy}%.")
 
 
-def interrupted_message(run_dir, epochs_done, signum):
-    return (f"{signal.Signals(signum).name}: stopped. The checkpoint after epoch {epochs_done} is in "
-            f"{run_dir}/checkpoint.pt; continue with: python mnist_cnn_model.py --resume {run_dir}")
+def exit_interrupted(run_dir, epochs_done, signum):
+    print(f"{signal.Signals(signum).name}: stopped. The checkpoint after epoch {epochs_done} is in "
+          f"{run_dir}/checkpoint.pt; continue with: python mnist_cnn_model.py --resume {run_dir}",
+          file=sys.stderr)
+    sys.exit(128 + signum)  # the shell's convention for "killed by this signal"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,314 @@
+"""Tests of the model, the data pipeline and the training script (mnist_cnn_model.py)."""
+import functools
+import gzip
+import hashlib
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+from torchvision.datasets import MNIST
+
+import mnist_cnn_model as m
+from mnist_cnn_model import CNN
+
+RAW_GZ = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "MNIST", "raw")
+
+
+def reference_net(model):
+    """The architecture exactly as specified (ReLU, then pool), sharing the model's weights."""
+    return nn.Sequential(model.conv1, nn.ReLU(), nn.MaxPool2d(2), model.conv2, nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), model.fc1, nn.ReLU(), model.fc2)
+
+
+def run_script(repo_root, *args, **kwargs):
+    return subprocess.run([sys.executable, os.path.join(repo_root, "mnist_cnn_model.py"), *args],
+                          capture_output=True, text=True, cwd=kwargs.pop("cwd", repo_root), timeout=300, **kwargs)
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+def test_architecture_and_parameter_count():
+    model = CNN()
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    assert shapes == {
+        "conv1.weight": (32, 1, 3, 3), "conv1.bias": (32,),
+        "conv2.weight": (64, 32, 3, 3), "conv2.bias": (64,),
+        "fc1.weight": (128, 64 * 7 * 7), "fc1.bias": (128,),
+        "fc2.weight": (10, 128), "fc2.bias": (10,),
+    }
+    assert sum(p.numel() for p in model.parameters()) == 421_642
+
+
+def test_output_shape_for_a_batch():
+    assert CNN()(torch.randn(5, 1, 28, 28)).shape == (5, 10)
+
+
+def test_pooling_before_relu_matches_the_specified_order_in_values_and_gradients():
+    torch.manual_seed(0)
+    model, x = CNN(), torch.randn(16, 1, 28, 28)
+    ours, ref = model(x), reference_net(model)(x)
+    torch.testing.assert_close(ours, ref)
+    grads = [torch.autograd.grad(out.square().sum(), list(model.parameters())) for out in (ours, ref)]
+    for g_ours, g_ref in zip(*grads):
+        torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_importing_the_module_does_no_work(tmp_path, repo_root):
+    out = subprocess.run([sys.executable, "-c", "import mnist_cnn_model"], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": repo_root}, timeout=120)
+    assert out.returncode == 0 and out.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+# --- data --------------------------------------------------------------------------------------
+
+def test_embedded_data_is_mnist(mnist_train_set, mnist_test_set):
+    (train_x, train_y), (test_x, test_y) = mnist_train_set, mnist_test_set
+    assert train_x.shape == (60000, 1, 28, 28) and test_x.shape == (10000, 1, 28, 28)
+    # Facts published with MNIST, independent of our code: first labels and class counts.
+    assert train_y[:5].tolist() == [5, 0, 4, 1, 9] and test_y[:5].tolist() == [7, 2, 1, 0, 4]
+    assert torch.bincount(test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    # Normalised with the training set's own statistics: mean 0, std 1.
+    assert abs(train_x.mean().item()) < 1e-3 and abs(train_x.std().item() - 1) < 1e-3
+
+
+def copy_embedded(dest):
+    raw = dest / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in m.MNIST_FILES:
+        shutil.copy(os.path.join(RAW_GZ, name + ".gz"), raw)
+    return raw
+
+
+def test_embedded_copy_is_unpacked_and_verified(tmp_path):
+    raw = copy_embedded(tmp_path)
+    m.prepare_mnist(str(tmp_path))
+    for name, sha in m.MNIST_FILES.items():
+        with gzip.open(raw / (name + ".gz"), "rb") as f:
+            assert (raw / name).read_bytes() == f.read()
+        assert hashlib.sha256((raw / name).read_bytes()).hexdigest() == sha
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+def test_a_corrupted_copy_is_refused_with_a_clear_message(tmp_path, damage):
+    raw = copy_embedded(tmp_path)
+    victim = raw / "t10k-images-idx3-ubyte.gz"
+    data = bytearray(victim.read_bytes())
+    if damage == "flipped byte":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[: len(data) // 2]
+    victim.write_bytes(bytes(data))
+    with pytest.raises(m.DataError, match="t10k-images-idx3-ubyte.gz is corrupted"):
+        m.prepare_mnist(str(tmp_path))
+    assert not (raw / "t10k-images-idx3-ubyte").exists()
+    assert not (raw / "t10k-images-idx3-ubyte.tmp").exists()
+
+
+def test_a_damaged_unpacked_file_is_replaced_from_the_embedded_copy(tmp_path):
+    raw = copy_embedded(tmp_path)
+    m.prepare_mnist(str(tmp_path))
+    (raw / "train-labels-idx1-ubyte").write_bytes(b"garbage")
+    m.prepare_mnist(str(tmp_path))
+    assert m.sha256_of(raw / "train-labels-idx1-ubyte") == m.MNIST_FILES["train-labels-idx1-ubyte"]
+
+
+@pytest.fixture
+def local_mirror(monkeypatch):
+    """An HTTP server on loopback serving the embedded .gz files as torchvision's only mirror."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=RAW_GZ)
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    md5 = {f: hashlib.md5(open(os.path.join(RAW_GZ, f), "rb").read()).hexdigest() for f, _ in MNIST.resources}
+    monkeypatch.setattr(MNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
+    monkeypatch.setattr(MNIST, "resources", [(f, md5[f]) for f, _ in MNIST.resources])
+    yield server
+    server.shutdown()
+
+
+def test_missing_data_is_downloaded_through_torchvision(tmp_path, local_mirror):
+    m.prepare_mnist(str(tmp_path))
+    for name, sha in m.MNIST_FILES.items():
+        assert m.sha256_of(tmp_path / "MNIST" / "raw" / name) == sha
+
+
+def test_no_data_and_no_network_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # the discard port: nothing listens
+    with pytest.raises(SystemExit) as exit_info:
+        m.main(["--data-dir", str(tmp_path / "nodata"), "--run-dir", str(tmp_path / "run"),
+                "--weights", str(tmp_path / "w.pt")])
+    message = str(exit_info.value.code)
+    assert message.startswith("Error: MNIST file") and "could not be downloaded" in message
+    assert "\n" not in message and not (tmp_path / "w.pt").exists()
+
+
+# --- training ----------------------------------------------------------------------------------
+
+def test_short_training_lowers_the_loss_and_beats_chance_by_far(mnist_train_set, mnist_test_set):
+    torch.manual_seed(0)
+    model = CNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = mnist_train_set[0][:3000], mnist_train_set[1][:3000]
+    test_x, test_y = mnist_test_set[0][:2000], mnist_test_set[1][:2000]
+    loss_before, _, _ = m.evaluate(model, test_x, test_y)
+    loss = m.train_epoch(model, optimizer, x, y, 64, torch.Generator().manual_seed(0))
+    loss_after, correct, predictions = m.evaluate(model, test_x, test_y)
+    assert loss_before > 2.0 and loss_after < 0.6 and loss < loss_before
+    assert correct / 2000 > 0.85  # chance is 0.10
+    assert predictions.shape == (2000,)
+
+
+def test_augmentation_moves_digits_but_keeps_the_background(mnist_test_set):
+    x = mnist_test_set[0][:64]
+    generator = torch.Generator().manual_seed(0)
+    background = -m.MNIST_MEAN / m.MNIST_STD
+    blank = torch.full((8, 1, 28, 28), background)
+    torch.testing.assert_close(m.augment_batch(blank, generator), blank)
+    out = m.augment_batch(x, generator)
+    assert out.shape == x.shape and not torch.allclose(out, x, atol=0.1)
+    # Small transforms: the ink stays roughly as much ink, and the corners stay background.
+    ink_in, ink_out = (x - background).sum((1, 2, 3)), (out - background).sum((1, 2, 3))
+    assert ((ink_out / ink_in - 1).abs() < 0.35).all()
+    torch.testing.assert_close(out[:, :, 0, 0], torch.full((64, 1), background), atol=1e-4, rtol=0)
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "weights.pt"
+    m.atomic_save({"a": torch.ones(3)}, path)
+
+    def failing_save(obj, f):
+        open(f, "wb").write(b"half a fi")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        m.atomic_save({"a": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.pt"]
+
+
+def test_second_stop_request_exits_at_once(monkeypatch):
+    stop = m.StopRequest()
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    stop.handle(signal.SIGINT, None)
+    assert stop() and exits == []
+    stop.handle(signal.SIGINT, None)
+    assert exits == [130]
+
+
+# --- the command line --------------------------------------------------------------------------
+
+def test_command_line_end_to_end(tmp_path, repo_root):
+    run_dir, weights = tmp_path / "run", tmp_path / "out" / "w.pt"
+    (tmp_path / "out").mkdir()
+    out = run_script(repo_root, "--limit", "2000", "--epochs", "2", "--run-dir", str(run_dir),
+                     "--weights", str(weights))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert re.fullmatch(r"Epoch 1/2: loss \d+\.\d{4}, test loss .*", lines[0])
+    match = re.fullmatch(r"Test accuracy: (\d+\.\d\d)% \((\d+)/10000\)", lines[-1])
+    assert match and float(match[1]) > 80 and int(match[2]) == round(float(match[1]) * 100)
+
+    state = torch.load(weights, weights_only=True)
+    CNN().load_state_dict(state)  # a plain state_dict of this architecture
+    info = json.loads(weights.with_suffix(".json").read_text())
+    assert info["config"]["limit"] == 2000 and info["test_accuracy"] == float(match[1])
+    assert info["data_sha256"] == m.MNIST_FILES and info["torch"] == torch.__version__
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["finished"] and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert metrics["correct"] == int(match[2]) and sum(map(sum, metrics["confusion_matrix"])) == 10000
+    assert set(metrics["per_class_accuracy"]) == {str(d) for d in range(10)}
+    for figure in ("curves.png", "confusion_matrix.png", "mistakes.png"):
+        assert (run_dir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_same_seed_gives_identical_weights_and_metrics(tmp_path, repo_root):
+    results = []
+    for name in ("a", "b"):
+        m.main(["--limit", "1500", "--epochs", "2", "--seed", "7", "--run-dir", str(tmp_path / name),
+                "--weights", str(tmp_path / f"{name}.pt")])
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # main() installed its own
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        for epoch in metrics["epochs"]:
+            del epoch["seconds"]
+        del metrics["train_seconds"], metrics["config"]["weights"]
+        results.append((torch.load(tmp_path / f"{name}.pt", weights_only=True), metrics))
+    (weights_a, metrics_a), (weights_b, metrics_b) = results
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert metrics_a == metrics_b
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, repo_root):
+    common = ["--limit", "3000", "--epochs", "2", "--seed", "3"]
+    ref = run_script(repo_root, *common, "--run-dir", str(tmp_path / "ref"), "--weights", str(tmp_path / "ref.pt"))
+    assert ref.returncode == 0, ref.stderr
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"the user's previous weights")
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, os.path.join(repo_root, "mnist_cnn_model.py"), *common,
+                             "--run-dir", str(run_dir), "--weights", str(weights)],
+                            cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "metrics.json").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert f"--resume {run_dir}" in stderr and "Traceback" not in stderr
+    assert weights.read_bytes() == b"the user's previous weights"  # nothing half-trained replaced it
+
+    resumed = run_script(repo_root, "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.startswith("Resuming")
+    a, b = torch.load(tmp_path / "ref.pt", weights_only=True), torch.load(weights, weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.stdout.splitlines()[-1] == ref.stdout.splitlines()[-1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "-1"], "--epochs must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["--device", "tpu"], "is not a device name"),
+    (["--weights", "{file}/w.pt"], "cannot write to"),
+    (["--resume", "{tmp}/nothing"], "no checkpoint.pt there"),
+    (["--epochs", "ten"], "invalid int value"),
+])
+def test_bad_flags_get_one_line_before_any_work(tmp_path, repo_root, flags, message):
+    (tmp_path / "file").write_text("a file, not a folder")
+    flags = [f.format(file=tmp_path / "file", tmp=tmp_path) for f in flags]
+    out = run_script(repo_root, *flags, "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_unavailable_cuda_is_a_clear_error(tmp_path, repo_root):
+    out = run_script(repo_root, "--device", "cuda", "--run-dir", str(tmp_path / "run"))
+    assert out.returncode == 2 and "--device cuda is not available on this machine" in out.stderr
+
+
+@pytest.mark.slow
+def test_full_default_recipe_reaches_99_percent(tmp_path, repo_root):
+    """The documented recipe, unchanged: 10 epochs, Adam 0.001, batch 64 (about 2 minutes on 2 cores)."""
+    out = run_script(repo_root, "--run-dir", str(tmp_path / "run"), "--weights", str(tmp_path / "w.pt"),
+                     "--min-accuracy", "99.0", "--device", "cpu")
+    print(out.stdout)
+    assert out.returncode == 0, out.stderr
+    assert float(re.search(r"Test accuracy: (\d+\.\d\d)%", out.stdout)[1]) >= 99.0
