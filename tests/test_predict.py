@@ -146,6 +146,8 @@ def test_huge_image_is_scaled_down_first(tmp_path):
     small = seen(draw_seven(size=(600, 450), box=(100, 80, 300, 400), width=20))
     assert np.abs(seen(path) - small).mean() < 0.02
     assert max(predict.open_image(path).size) <= predict.MAX_SIDE
+    seen(img)  # a caller's own PIL image is read, never shrunk in place
+    assert img.size == (6000, 4500)
 
 
 def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
@@ -378,6 +380,15 @@ def test_cli_bad_inputs_exit_non_zero_with_one_sentence(small_model_weights, tmp
         assert result.returncode == 1, args
         assert expected in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_or_absent_device_is_one_sentence(small_model_weights, tmp_path, capsys):
+    path = save(draw_seven(), tmp_path / "seven.png")
+    assert predict.main([path, "--weights", small_model_weights, "--device", "toaster"]) == 1
+    assert "not a device name" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert predict.main([path, "--weights", small_model_weights, "--device", "cuda"]) == 1
+        assert "no CUDA GPU" in capsys.readouterr().err
 
 
 def test_folder_is_predicted_reporting_bad_files_and_carrying_on(small_model_weights, tmp_path,
