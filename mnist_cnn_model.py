@@ -80,7 +80,7 @@ def sha256_of(path):
 
 def _unpack(gz_path, out_path, expected_sha):
     """Decompress gz_path to out_path, refusing content whose checksum is not MNIST's."""
-    tmp_path = out_path + ".tmp"
+    tmp_path = f"{out_path}.{os.getpid()}.tmp"  # unique, so that two runs can unpack at once
     try:
         with gzip.open(gz_path, "rb") as src, open(tmp_path, "wb") as dst:
             shutil.copyfileobj(src, dst)
@@ -209,7 +209,7 @@ def evaluate(model, images, labels, batch_size=1000):
 # Ctrl-C or a full disk never leaves a truncated file where a good one was.
 
 def atomic_save(obj, path):
-    tmp_path = f"{path}.tmp"
+    tmp_path = f"{path}.{os.getpid()}.tmp"
     try:
         torch.save(obj, tmp_path)
         os.replace(tmp_path, path)
@@ -219,7 +219,7 @@ def atomic_save(obj, path):
 
 
 def atomic_write_json(obj, path):
-    tmp_path = f"{path}.tmp"
+    tmp_path = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp_path, "w") as f:
             json.dump(obj, f, indent=2)
@@ -463,7 +463,8 @@ def main(argv=None):
     atomic_write_json(metrics(**final), os.path.join(run_dir, "metrics.json"))
 
     weights = config["weights"]
-    atomic_save(model.state_dict(), weights)
+    # Saved from the CPU so that a plain torch.load(path) works on any machine.
+    atomic_save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
     # The weights file stays a plain state_dict; what produced it is recorded beside it.
     atomic_write_json({"config": config, "test_accuracy": accuracy, "per_class_accuracy": per_class,
                        "torch": torch.__version__, "device": str(device), "data_sha256": data_sha256,
