@@ -320,47 +320,85 @@ def otsu_threshold(values):
 
 def find_ink(ink, name="the image"):
     """Boolean mask of the ink pixels. Raises NoDigitError when there is none to speak of: a
-    blank or uniform image, or one whose 'ink' is no brighter than the background's own noise."""
-    top = float(ink.max())
-    if top < 1e-3:
-        raise NoDigitError(f"No digit found in {name}: the image is blank or uniform.")
-    threshold = otsu_threshold(ink)
-    mask = ink > threshold
-    background = ink[~mask]
-    noise = float(background.std()) if background.size else 0.0
-    contrast = (float(np.median(_sample(ink[mask]))) - float(np.median(_sample(background)))
-                if background.size else 0.0)
-    # On plain noise Otsu still splits the histogram, but the two halves are only about 1.6
-    # standard deviations apart; real ink stands many deviations clear of the paper.
-    if contrast < max(6 * noise, 0.02) or mask.sum() < 3:
-        raise NoDigitError(f"No digit found in {name}: the image is blank or uniform.")
+    blank or uniform image, or one whose 'ink' is no brighter than the background's own noise.
+
+    A photo often shows the table around the sheet, or a shadow at its edge, darker than any
+    pen: such pieces touch the picture's border. They are set aside and the ink looked for again
+    inside; if nothing stands out there, the border pieces were the digit itself (a tight crop)."""
+    mask = _threshold(ink, name)
+    edge = _edge_pieces(mask)
+    if edge.any():
+        try:
+            inner = _threshold(np.where(_grow(edge, 2), 0.0, ink), name)
+            inner &= ~_edge_pieces(inner)
+        except NoDigitError:
+            inner = np.zeros_like(mask)
+        # Inside ink must be pen-strong, not the JPEG ringing or anti-aliasing left around a
+        # digit that itself touches the border.
+        if inner.sum() >= 20 and np.median(ink[inner]) >= 0.25 * np.median(_sample(ink[mask])):
+            mask = inner
     return _drop_specks(mask)
 
 
-def _drop_specks(mask):
-    """The ink mask without isolated specks (dust, noise, JPEG artefacts): 8-connected pieces
-    smaller than a tenth of the largest. Labelled on a copy at most 512 pixels on its long side
-    (block maximum, so thin strokes survive), which bounds the time on noisy photos."""
+def _threshold(ink, name):
+    if float(ink.max()) < 1e-3:
+        raise NoDigitError(f"No digit found in {name}: the image is blank or uniform.")
+    mask = ink > otsu_threshold(ink)
+    background = ink[~mask]
+    if background.size == 0 or mask.sum() < 3:
+        raise NoDigitError(f"No digit found in {name}: the image is blank or uniform.")
+    noise = float(background.std())
+    contrast = float(np.median(_sample(ink[mask]))) - float(np.median(_sample(background)))
+    # On plain noise Otsu still splits the histogram, but the two halves are only about 1.6
+    # standard deviations apart; real ink stands many deviations clear of the paper.
+    if contrast < max(6 * noise, 0.02):
+        raise NoDigitError(f"No digit found in {name}: the image is blank or uniform.")
+    return mask
+
+
+def _pieces(mask):
+    """(small, step, rows, starts, ends, root): the mask's 8-connected pieces as runs labelled
+    on a copy at most 512 pixels on its long side (block maximum, so thin strokes survive),
+    which bounds the time on noisy photos."""
     h, w = mask.shape
     step = max(1, math.ceil(max(h, w) / 512))
     small = mask
     if step > 1:
         t = torch.from_numpy(mask.astype(np.float32))[None, None]
         small = (F.max_pool2d(t, step, step, ceil_mode=True)[0, 0] > 0).numpy()
-    rows, starts, ends, root = _runs_and_pieces(small)
+    return (small, step) + _runs_and_pieces(small)
+
+
+def _paint(shape, step, full_shape, rows, starts, ends):
+    # The chosen runs as a mask at full resolution.
+    out = np.zeros(shape, bool)
+    for r, s, e in zip(rows, starts, ends):
+        out[r, s:e] = True
+    if step > 1:
+        out = np.repeat(np.repeat(out, step, axis=0), step, axis=1)[:full_shape[0], :full_shape[1]]
+    return out
+
+
+def _edge_pieces(mask):
+    """The part of mask made of pieces that touch the picture's border."""
+    small, step, rows, starts, ends, root = _pieces(mask)
+    touching = (rows == 0) | (rows == small.shape[0] - 1) | (starts == 0) | (ends == small.shape[1])
+    on_edge = np.isin(root, root[touching])
+    return mask & _paint(small.shape, step, mask.shape, rows[on_edge], starts[on_edge], ends[on_edge])
+
+
+def _drop_specks(mask):
+    """The ink mask without isolated specks (dust, noise, JPEG artefacts): 8-connected pieces
+    smaller than a tenth of the largest."""
+    small, step, rows, starts, ends, root = _pieces(mask)
     if len(rows) == 0:
         return mask
     size = np.zeros(len(rows), np.int64)
     np.add.at(size, root, ends - starts)
-    keep_run = size[root] >= 0.1 * size.max()
-    if keep_run.all():
+    keep = size[root] >= 0.1 * size.max()
+    if keep.all():
         return mask
-    keep = np.zeros_like(small)
-    for r, s, e in zip(rows[keep_run], starts[keep_run], ends[keep_run]):
-        keep[r, s:e] = True
-    if step > 1:
-        keep = np.repeat(np.repeat(keep, step, axis=0), step, axis=1)[:h, :w]
-    return mask & keep
+    return mask & _paint(small.shape, step, mask.shape, rows[keep], starts[keep], ends[keep])
 
 
 def _runs_and_pieces(mask):

@@ -236,6 +236,27 @@ def test_isolated_specks_do_not_move_the_digit():
     assert np.abs(seen(img) - reference).mean() < 0.01
 
 
+def test_table_around_the_sheet_is_not_taken_for_ink(tmp_path):
+    """A photo of a sheet lying on a dark table: the table shows along the picture's edges,
+    darker than the pen. The digit alone must be read."""
+    sheet = np.asarray(draw_seven(size=(400, 400), box=(150, 110, 250, 290), width=14), np.float32)
+    sheet = 0.25 + 0.65 * sheet / 255  # grey pen on light paper
+    photo = np.full((400, 400), 0.08, np.float32)  # the table
+    photo[40:, 70:360] = sheet[40:, 70:360]  # the sheet covers all but a top strip and the sides
+    path = save(Image.fromarray((photo * 255).astype(np.uint8)), tmp_path / "desk.jpg", quality=90)
+    reference = seen(draw_seven(size=(400, 400), box=(150, 110, 250, 290), width=14))
+    assert np.abs(seen(path) - reference).mean() < 0.03
+
+
+def test_digit_touching_the_border_is_kept(tmp_path):
+    """A tight crop: the digit itself touches the picture's edge and must not be set aside."""
+    img = draw_seven(size=(100, 180), box=(0, 5, 100, 180), width=12)
+    path = save(img, tmp_path / "tight.jpg", quality=75)
+    a = seen(path)
+    assert max(ink_box(a)) in (20, 21)
+    assert np.abs(a - seen(draw_seven(size=(300, 300), box=(100, 60, 200, 235), width=12))).mean() < 0.05
+
+
 def test_thin_strokes_are_thickened_towards_mnist_width():
     thin = seen(draw_seven(size=(800, 800), box=(250, 150, 550, 650), width=2))
     normal = seen(draw_seven(size=(800, 800), box=(250, 150, 550, 650), width=60))
