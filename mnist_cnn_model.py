@@ -164,7 +164,7 @@ def augment_batch(images, generator):
 
 
 def train_epoch(model, optimizer, images, labels, batch_size, generator, augment=False,
-                progress=None, should_stop=lambda: False):
+                progress=None, should_stop=lambda: False, scheduler=None):
     """One pass over the shuffled training set. Returns the mean loss, or None when should_stop()
     turned true (checked after every batch, a safe point to stop at)."""
     model.train()
@@ -179,6 +179,8 @@ def train_epoch(model, optimizer, images, labels, batch_size, generator, augment
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         # Accumulate on the device: reading loss.item() every batch would stall a GPU.
         total_loss += loss.detach() * len(idx)
         if progress is not None:
@@ -318,7 +320,7 @@ def save_figures(run_dir, history, confusion, mistakes):
 # Command line
 
 TRAINING_DEFAULTS = dict(epochs=10, batch_size=64, lr=0.001, seed=1, data_dir="data",
-                         weights="mnist_cnn.pt", limit=None, augment=False)
+                         weights="mnist_cnn.pt", limit=None, augment=False, schedule="cosine")
 
 
 def parse_args(argv=None):
@@ -333,6 +335,9 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=int, help="train on the first N training images only, for smoke tests (default: all 60000)")
     parser.add_argument("--augment", action="store_true", default=None,
                         help="randomly rotate, scale, shear and shift the training digits (default: off)")
+    parser.add_argument("--schedule", choices=["constant", "cosine"],
+                        help="learning rate over the run: cosine decay from --lr to 0, or constant --lr "
+                             f"as in the classic recipe (default: {d['schedule']})")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
     parser.add_argument("--run-dir", help="folder for metrics, figures and the checkpoint (default: runs/<timestamp>)")
     parser.add_argument("--resume", metavar="RUN_DIR",
@@ -401,18 +406,24 @@ def main(argv=None):
     # Shuffling and augmentation draw from this generator alone, so saving its state in the
     # checkpoint is enough for a resumed run to continue exactly as an uninterrupted one.
     generator = torch.Generator().manual_seed(config["seed"])
+    steps = config["epochs"] * math.ceil(len(train_images) / config["batch_size"])
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+                 if config["schedule"] == "cosine" else None)
     history, elapsed = [], 0.0
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         generator.set_state(checkpoint["generator"])
+        if scheduler is not None:
+            scheduler.load_state_dict(checkpoint["scheduler"])
         history, elapsed = checkpoint["history"], checkpoint["elapsed"]
         print(f"Resuming {run_dir} after epoch {len(history)} of {config['epochs']}")
 
     def save_checkpoint():
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "generator": generator.get_state(), "config": config,
+                     "scheduler": scheduler.state_dict() if scheduler else None,
                      "history": history, "elapsed": elapsed}, checkpoint_path)
 
     def metrics(**final):
@@ -433,7 +444,7 @@ def main(argv=None):
         with tqdm(total=len(train_images), desc=f"Epoch {epoch}/{config['epochs']}", unit="img",
                   unit_scale=True, leave=False, disable=None, dynamic_ncols=True) as progress:
             train_loss = train_epoch(model, optimizer, train_images, train_labels, config["batch_size"],
-                                     generator, config["augment"], progress, stop)
+                                     generator, config["augment"], progress, stop, scheduler)
         if train_loss is None:
             exit_interrupted(run_dir, epoch - 1, stop.signal)
         test_loss, correct, predictions = evaluate(model, test_images, test_labels)

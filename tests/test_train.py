@@ -231,6 +231,8 @@ def test_command_line_end_to_end(tmp_path, repo_root):
     assert metrics["finished"] and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     assert metrics["correct"] == int(match[2]) and sum(map(sum, metrics["confusion_matrix"])) == 10000
     assert set(metrics["per_class_accuracy"]) == {str(d) for d in range(10)}
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["scheduler"]["_last_lr"][0] < 1e-6  # the cosine schedule ran down to zero
     for figure in ("curves.png", "confusion_matrix.png", "mistakes.png"):
         assert (run_dir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -288,6 +290,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, repo_root):
     (["--weights", "{file}/w.pt"], "cannot write to"),
     (["--resume", "{tmp}/nothing"], "no checkpoint.pt there"),
     (["--epochs", "ten"], "invalid int value"),
+    (["--schedule", "step"], "invalid choice: 'step'"),
 ])
 def test_bad_flags_get_one_line_before_any_work(tmp_path, repo_root, flags, message):
     (tmp_path / "file").write_text("a file, not a folder")
