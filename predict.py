@@ -326,7 +326,8 @@ def find_ink(ink, name="the image"):
     pen: such pieces touch the picture's border. They are set aside and the ink looked for again
     inside; if nothing stands out there, the border pieces were the digit itself (a tight crop)."""
     mask = _threshold(ink, name)
-    edge = _edge_pieces(mask)
+    pieces = _pieces(mask)
+    edge = _edge_pieces(mask, pieces)
     if edge.any():
         try:
             inner = _threshold(np.where(_grow(edge, 2), 0.0, ink), name)
@@ -336,8 +337,8 @@ def find_ink(ink, name="the image"):
         # Inside ink must be pen-strong, not the JPEG ringing or anti-aliasing left around a
         # digit that itself touches the border.
         if inner.sum() >= 20 and np.median(ink[inner]) >= 0.25 * np.median(_sample(ink[mask])):
-            mask = inner
-    return _drop_specks(mask)
+            mask, pieces = inner, None
+    return _drop_specks(mask, pieces)
 
 
 def _threshold(ink, name):
@@ -379,18 +380,21 @@ def _paint(shape, step, full_shape, rows, starts, ends):
     return out
 
 
-def _edge_pieces(mask):
-    """The part of mask made of pieces that touch the picture's border."""
-    small, step, rows, starts, ends, root = _pieces(mask)
+def _edge_pieces(mask, pieces=None):
+    """The part of mask made of pieces that touch the picture's border (pieces: _pieces(mask),
+    if already computed)."""
+    small, step, rows, starts, ends, root = pieces or _pieces(mask)
+    if not len(rows):
+        return np.zeros_like(mask)
     touching = (rows == 0) | (rows == small.shape[0] - 1) | (starts == 0) | (ends == small.shape[1])
     on_edge = np.isin(root, root[touching])
     return mask & _paint(small.shape, step, mask.shape, rows[on_edge], starts[on_edge], ends[on_edge])
 
 
-def _drop_specks(mask):
+def _drop_specks(mask, pieces=None):
     """The ink mask without isolated specks (dust, noise, JPEG artefacts): 8-connected pieces
     smaller than a tenth of the largest."""
-    small, step, rows, starts, ends, root = _pieces(mask)
+    small, step, rows, starts, ends, root = pieces or _pieces(mask)
     if len(rows) == 0:
         return mask
     size = np.zeros(len(rows), np.int64)
@@ -596,7 +600,7 @@ def parse_args(argv=None):
                         help="print the K likeliest digits with their probabilities (default: 1)")
     parser.add_argument("--show", action="store_true",
                         help="write a figure per image (input, the 28x28 the model saw, the ten "
-                             "probabilities) to <name>_prediction.png and open it if a display exists")
+                             "probabilities) to predictions/<name>.png and open it if a display exists")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cpu)")
     args = parser.parse_args(argv)
     if not 1 <= args.top_k <= 10:
@@ -666,13 +670,17 @@ def _pyplot():
     return plt
 
 
+FIGURE_DIR = "predictions"
+
+
 def figure_path(image_file, taken):
-    """Where --show writes the figure for image_file: <name>_prediction.png in the current
-    folder, numbered rather than overwrite a figure written earlier in the same run (taken)."""
+    """Where --show writes the figure for image_file: predictions/<name>.png under the current
+    folder (git-ignored), numbered rather than overwrite a figure written earlier in the same
+    run (taken), as when two folders both hold a 7.png."""
     stem = os.path.splitext(os.path.basename(image_file))[0]
-    path, n = f"{stem}_prediction.png", 2
+    path, n = os.path.join(FIGURE_DIR, f"{stem}.png"), 2
     while path in taken:
-        path, n = f"{stem}_prediction_{n}.png", n + 1
+        path, n = os.path.join(FIGURE_DIR, f"{stem}_{n}.png"), n + 1
     taken.add(path)
     return path
 
@@ -701,6 +709,7 @@ def show_prediction(path, tensor, probs, taken, keep_open=False):
     fig.suptitle(os.path.basename(path))
     fig.tight_layout()
     out = figure_path(path, taken)
+    os.makedirs(FIGURE_DIR, exist_ok=True)
     fig.savefig(out, dpi=100)
     print(f"figure written to {out}")
     if not keep_open:

@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import predict  # conftest.py puts the repository root on sys.path
+from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD
 
-import predict  # noqa: E402
-from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 RAW = os.path.join(REPO, "data", "MNIST", "raw")
 
@@ -469,8 +468,8 @@ def test_show_writes_the_figure_headless(small_model_weights, tmp_path):
     path = save(draw_seven(), tmp_path / "seven.png")
     result = run_cli(path, "--weights", small_model_weights, "--show", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    figure = tmp_path / "seven_prediction.png"
-    assert f"figure written to {figure.name}" in result.stdout
+    figure = tmp_path / "predictions" / "seven.png"
+    assert f"figure written to {os.path.join('predictions', 'seven.png')}" in result.stdout
     with Image.open(figure) as img:
         assert img.width > 600 and img.height > 200
         # Not a blank canvas: it holds the input, the 28x28 and the bar chart.
