@@ -1,7 +1,7 @@
 """
 Train the classic MNIST CNN and save its weights.
 
-    python mnist_cnn_model.py              # 10 epochs, about 2 minutes on a 2-core laptop CPU
+    python mnist_cnn_model.py              # 10 epochs, about 2.5 minutes on a 2-core laptop CPU
     python mnist_cnn_model.py --limit 2000 --epochs 1   # a smoke test in seconds
 
 The data set ships in data/MNIST/raw/ (checksummed), so no network is needed. The weights are
