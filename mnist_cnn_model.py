@@ -342,7 +342,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
     parser.add_argument("--run-dir", help="folder for metrics, figures and the checkpoint (default: runs/<timestamp>)")
     parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue the interrupted run in RUN_DIR with its own settings (--epochs may extend it)")
+                        help="continue the interrupted run in RUN_DIR with the settings it started with")
     parser.add_argument("--min-accuracy", type=float, metavar="PERCENT",
                         help="exit with status 1 if the final test accuracy is below this (default: no check)")
     args = parser.parse_args(argv)
@@ -363,6 +363,10 @@ def parse_args(argv=None):
         parser.error(f"--device {args.device} is not available on this machine")
 
     if args.resume:
+        given = [k for k in list(d) + ["run_dir"] if getattr(args, k) is not None]
+        if given:
+            parser.error(f"--resume continues a run with the settings it started with; "
+                         f"drop --{given[0].replace('_', '-')}")
         checkpoint_path = os.path.join(args.resume, "checkpoint.pt")
         if not os.path.isfile(checkpoint_path):
             parser.error(f"--resume {args.resume}: no checkpoint.pt there to resume from")
@@ -371,8 +375,6 @@ def parse_args(argv=None):
             config = dict(checkpoint["config"])
         except Exception:
             parser.error(f"--resume {args.resume}: checkpoint.pt is damaged or not a checkpoint of this script")
-        if args.epochs is not None:
-            config["epochs"] = args.epochs
         run_dir = args.resume
     else:
         checkpoint = None

@@ -291,11 +291,13 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, repo_root):
     (["--resume", "{tmp}/nothing"], "no checkpoint.pt there"),
     (["--epochs", "ten"], "invalid int value"),
     (["--schedule", "step"], "invalid choice: 'step'"),
+    (["--resume", "{tmp}", "--lr", "0.01"], "drop --lr"),
 ])
 def test_bad_flags_get_one_line_before_any_work(tmp_path, repo_root, flags, message):
     (tmp_path / "file").write_text("a file, not a folder")
     flags = [f.format(file=tmp_path / "file", tmp=tmp_path) for f in flags]
-    out = run_script(repo_root, *flags, "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    run_dir = [] if "--resume" in flags else ["--run-dir", str(tmp_path / "run")]
+    out = run_script(repo_root, *flags, *run_dir, cwd=tmp_path)
     assert out.returncode == 2 and out.stdout == ""
     assert message in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
