@@ -117,8 +117,7 @@ def _download(raw_dir, name):
 
 def prepare_mnist(data_dir):
     """Make sure the four uncompressed MNIST files in data_dir/MNIST/raw are present and intact:
-    verify what is there, unpack the embedded .gz copies, download only what is missing.
-    Returns the SHA-256 of each file."""
+    verify what is there, unpack the embedded .gz copies, download only what is missing."""
     raw_dir = os.path.join(data_dir, "MNIST", "raw")
     os.makedirs(raw_dir, exist_ok=True)
     for name, expected_sha in MNIST_FILES.items():
@@ -128,7 +127,6 @@ def prepare_mnist(data_dir):
         if not os.path.exists(path + ".gz"):
             _download(raw_dir, name)
         _unpack(path + ".gz", path, expected_sha)
-    return dict(MNIST_FILES)
 
 
 def load_mnist(data_dir, train, device="cpu"):
@@ -397,7 +395,6 @@ def parse_args(argv=None):
 def main(argv=None):
     config, device, run_dir, checkpoint, min_accuracy = parse_args(argv)
     try:
-        data_sha256 = prepare_mnist(config["data_dir"])
         train_images, train_labels = load_mnist(config["data_dir"], train=True, device=device)
         test_images, test_labels = load_mnist(config["data_dir"], train=False, device=device)
     except DataError as e:
@@ -433,7 +430,7 @@ def main(argv=None):
 
     def metrics(**final):
         return {"config": config, "device": str(device), "epochs": history,
-                "train_seconds": round(elapsed, 1), "data_sha256": data_sha256,
+                "train_seconds": round(elapsed, 1), "data_sha256": MNIST_FILES,
                 "versions": {"python": platform.python_version(), "torch": torch.__version__,
                              "torchvision": importlib.metadata.version("torchvision")},
                 "finished": bool(final), **final}
@@ -483,7 +480,7 @@ def main(argv=None):
     atomic_save({k: v.cpu() for k, v in model.state_dict().items()}, weights)
     # The weights file stays a plain state_dict; what produced it is recorded beside it.
     atomic_write_json({"config": config, "test_accuracy": accuracy, "per_class_accuracy": per_class,
-                       "torch": torch.__version__, "device": str(device), "data_sha256": data_sha256,
+                       "torch": torch.__version__, "device": str(device), "data_sha256": MNIST_FILES,
                        "run_dir": run_dir, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                       metadata_path(weights))
     print(f"Saved weights to {weights}; curves, confusion matrix and mistakes in {run_dir}/")
@@ -505,4 +502,7 @@ def exit_interrupted(run_dir, epochs_done, signum):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C before training started: nothing to keep yet
+        sys.exit("Interrupted before training started.")
