@@ -210,7 +210,7 @@ def test_second_stop_request_exits_at_once(monkeypatch):
 
 # --- the command line --------------------------------------------------------------------------
 
-def test_command_line_end_to_end(tmp_path, repo_root):
+def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
     run_dir, weights = tmp_path / "run", tmp_path / "out" / "w.pt"
     (tmp_path / "out").mkdir()
     out = run_script(repo_root, "--limit", "2000", "--epochs", "2", "--run-dir", str(run_dir),
@@ -235,6 +235,15 @@ def test_command_line_end_to_end(tmp_path, repo_root):
     assert checkpoint["scheduler"]["_last_lr"][0] < 1e-6  # the cosine schedule ran down to zero
     for figure in ("curves.png", "confusion_matrix.png", "mistakes.png"):
         assert (run_dir / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Then predict.py reads the first test digit (a 7), written dark on light like a user's own.
+    from PIL import Image
+    pixels = (mnist_test_set[0][0, 0] * m.MNIST_STD + m.MNIST_MEAN) * 255
+    Image.fromarray(255 - pixels.round().byte().numpy()).resize((140, 140)).save(tmp_path / "seven.png")
+    out = subprocess.run([sys.executable, os.path.join(repo_root, "predict.py"), str(tmp_path / "seven.png"),
+                          "--weights", str(weights)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert re.fullmatch(rf"{re.escape(str(tmp_path / 'seven.png'))}: 7 \(\d+\.\d%\)", out.stdout.strip())
 
 
 def test_the_same_seed_gives_identical_weights_and_metrics(tmp_path, repo_root):
