@@ -80,21 +80,18 @@ def sha256_of(path):
 
 def _unpack(gz_path, out_path, expected_sha):
     """Decompress gz_path to out_path, refusing content whose checksum is not MNIST's."""
-    tmp_path = f"{out_path}.{os.getpid()}.tmp"  # unique, so that two runs can unpack at once
-    try:
-        with gzip.open(gz_path, "rb") as src, open(tmp_path, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        ok = sha256_of(tmp_path) == expected_sha
-    except (OSError, EOFError, zlib.error):
-        ok = False
-    if not ok:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise DataError(
-            f"{gz_path} is corrupted or truncated (its content does not match the MNIST checksum); "
-            f"restore it with 'git checkout -- {gz_path}', or delete it to download a fresh copy."
-        )
-    os.replace(tmp_path, out_path)  # atomic: a crash never leaves a half-written file in place
+    def write(tmp_path):
+        try:
+            with gzip.open(gz_path, "rb") as src, open(tmp_path, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            ok = sha256_of(tmp_path) == expected_sha
+        except (OSError, EOFError, zlib.error):
+            ok = False
+        if not ok:
+            raise DataError(
+                f"{gz_path} is corrupted or truncated (its content does not match the MNIST checksum); "
+                f"restore it with 'git checkout -- {gz_path}', or delete it to download a fresh copy.")
+    atomic_write(out_path, write)
 
 
 def _download(raw_dir, name):
@@ -209,26 +206,27 @@ def evaluate(model, images, labels, batch_size=256):
 # Saving: every file is written to a temporary name and renamed into place, so a crash, a
 # Ctrl-C or a full disk never leaves a truncated file where a good one was.
 
-def atomic_save(obj, path):
-    tmp_path = f"{path}.{os.getpid()}.tmp"
+def atomic_write(path, write):
+    """Call write(temporary_path), then rename the result onto path."""
+    tmp_path = f"{path}.{os.getpid()}.tmp"  # per process, so that two runs never share one
     try:
-        torch.save(obj, tmp_path)
+        write(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+
+
+def atomic_save(obj, path):
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_json(obj, path):
-    tmp_path = f"{path}.{os.getpid()}.tmp"
-    try:
+    def write(tmp_path):
         with open(tmp_path, "w") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    atomic_write(path, write)
 
 
 def pick_device(name=None):

@@ -24,7 +24,6 @@ put at a random place, on the chosen background. Kinds:
   chalkboard   light chalk on a dark, unevenly lit board, noise, blur, JPEG
 """
 import argparse
-import gzip
 import io
 import os
 import platform
@@ -37,23 +36,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
+from torchvision.datasets import MNIST
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import predict  # noqa: E402  (the repo root is only on the path once the line above ran)
-from mnist_cnn_model import MNIST_MEAN, MNIST_STD  # noqa: E402
+from mnist_cnn_model import MNIST_MEAN, MNIST_STD, prepare_mnist  # noqa: E402
 
 KINDS = ["mnist", "photo", "transparent", "thick", "thin", "chalkboard"]
 
 
-def load_mnist_test(raw_dir):
-    """MNIST test images (uint8, N x 28 x 28) and labels, read straight from the .gz files."""
-    with gzip.open(os.path.join(raw_dir, "t10k-images-idx3-ubyte.gz")) as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(os.path.join(raw_dir, "t10k-labels-idx1-ubyte.gz")) as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8)
-    return images, labels
+def load_mnist_test(data_dir):
+    """MNIST test images (uint8, N x 28 x 28, never the training set) and labels."""
+    prepare_mnist(data_dir)
+    dataset = MNIST(data_dir, train=False, download=False)
+    return dataset.data.numpy(), dataset.targets.numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +273,7 @@ def main(argv=None):
     except predict.PredictError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    images, labels = load_mnist_test(os.path.join(args.data_dir, "MNIST", "raw"))
+    images, labels = load_mnist_test(args.data_dir)
     picked = np.random.default_rng(args.seed).permutation(len(images))[:args.per_kind]
 
     tmp = None if args.keep else tempfile.TemporaryDirectory()

@@ -1,7 +1,6 @@
 """Tests of predict.py: each preprocessing step on images drawn here, the errors for every bad
 input, and the command line. No trained model is needed: where a test needs a model that really
 reads digits, a small one is trained for one epoch on 3000 MNIST images (a few seconds)."""
-import gzip
 import io
 import os
 import subprocess
@@ -10,44 +9,29 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import predict  # conftest.py puts the repository root on sys.path
-from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD
+from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD, train_epoch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-RAW = os.path.join(REPO, "data", "MNIST", "raw")
-
-
-def read_idx(name):
-    with gzip.open(os.path.join(RAW, name)) as f:
-        data = f.read()
-    if "labels" in name:
-        return np.frombuffer(data, np.uint8, offset=8)
-    return np.frombuffer(data, np.uint8, offset=16).reshape(-1, 28, 28)
+@pytest.fixture(scope="session")
+def mnist_test(mnist_test_set):
+    """The MNIST test digits as stored (uint8, N x 28 x 28, white on black) and their labels."""
+    images, labels = mnist_test_set
+    pixels = ((images[:, 0] * MNIST_STD + MNIST_MEAN) * 255).round().to(torch.uint8)
+    return pixels.numpy(), labels.numpy()
 
 
 @pytest.fixture(scope="session")
-def mnist_test():
-    return read_idx("t10k-images-idx3-ubyte.gz"), read_idx("t10k-labels-idx1-ubyte.gz")
-
-
-@pytest.fixture(scope="session")
-def small_model_weights(tmp_path_factory):
+def small_model_weights(tmp_path_factory, mnist_train_set):
     """A CNN that really reads digits (about 90% on MNIST), trained in seconds, saved to a file."""
-    images = read_idx("train-images-idx3-ubyte.gz")[:3000]
-    labels = torch.from_numpy(read_idx("train-labels-idx1-ubyte.gz")[:3000].astype(np.int64))
-    x = ((torch.from_numpy(images.copy()).float() / 255 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+    images, labels = mnist_train_set
     torch.manual_seed(0)
     model = CNN()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for start in range(0, len(x), 64):
-        loss = F.cross_entropy(model(x[start:start + 64]), labels[start:start + 64])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_epoch(model, optimizer, images[:3000], labels[:3000], 64, torch.Generator().manual_seed(0))
     path = tmp_path_factory.mktemp("weights") / "small.pt"
     torch.save(model.state_dict(), path)
     return str(path)
