@@ -20,7 +20,8 @@ put at a random place, on the chosen background. Kinds:
   transparent  strokes on a transparent background (a canvas export), black, white or coloured
   thick        a marker: stroke width 16-22% of the digit's height (MNIST's median is 12%,
                its 90th percentile 17%), dark on white
-  thin         a fine pen: stroke width 1.5-4% of the digit's height (1-5 pixels), dark on white
+  thin         a fine pen: stroke width 1.5-4% of the digit's height (1-5 pixels), dark on white;
+               loops MNIST's pen closed to a faint dip in the grey are drawn open
   chalkboard   light chalk on a dark, unevenly lit board, noise, blur, JPEG
 """
 import argparse
@@ -84,6 +85,7 @@ def skeleton(mask):
 # Shapes are worked on at 4x MNIST's resolution (112x112), where the strokes are about 10 pixels
 # wide, then enlarged to the size wanted with smooth interpolation and crisp, anti-aliased edges.
 INK_LEVEL = 0.3  # MNIST grey level (of 1) taken as the edge of a stroke
+HOLE_LEVEL = 0.7  # a loop is open where the grey inside it stays below this
 
 
 def field_4x(digit28):
@@ -124,10 +126,29 @@ def marker(digit28, height, ratio):
     return enlarge(smooth.numpy(), height)
 
 
+def holes(background):
+    """The pixels of a boolean background mask that cannot reach the picture's border."""
+    free = torch.from_numpy(background.astype(np.float32))[None, None]
+    reached = torch.zeros_like(free)
+    reached[..., [0, -1], :] = 1
+    reached[..., :, [0, -1]] = 1
+    reached *= free
+    while True:  # grow from the border through the background until nothing changes
+        grown = F.max_pool2d(reached, 3, 1, 1) * free
+        if torch.equal(grown, reached):
+            return (free - reached)[0, 0].numpy() > 0
+        reached = grown
+
+
 def fine_pen(digit28, height, pen_ratio):
     """The digit redrawn with a fine pen: thinned to its skeleton, then stroked pen_ratio x height
-    wide (at least one pixel), with anti-aliased edges."""
-    skel = skeleton(field_4x(digit28) > INK_LEVEL)
+    wide (at least one pixel), with anti-aliased edges.
+
+    A loop written with MNIST's thick pen is often closed to a faint dip in the grey levels; its
+    skeleton would be a line, so a fine-pen 8 would come out a 9. The holes the darker core of
+    the strokes (level HOLE_LEVEL) leaves are kept open, as the writer's fine pen would have."""
+    field = field_4x(digit28)
+    skel = skeleton((field > INK_LEVEL) & ~holes(field <= HOLE_LEVEL))
     rows, cols = np.flatnonzero(skel.any(1)), np.flatnonzero(skel.any(0))
     skel = skel[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     # Drawn at 2x and shrunk at the end, for smooth edges.
