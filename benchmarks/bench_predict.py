@@ -126,18 +126,22 @@ def marker(digit28, height, ratio):
     return enlarge(smooth.numpy(), height)
 
 
-def holes(background):
-    """The pixels of a boolean background mask that cannot reach the picture's border."""
-    free = torch.from_numpy(background.astype(np.float32))[None, None]
-    reached = torch.zeros_like(free)
-    reached[..., [0, -1], :] = 1
-    reached[..., :, [0, -1]] = 1
-    reached *= free
-    while True:  # grow from the border through the background until nothing changes
+def grow_within(seed, region):
+    """The parts of boolean mask region connected to seed (8-connected), seed included."""
+    free = torch.from_numpy(region.astype(np.float32))[None, None]
+    reached = torch.from_numpy(seed.astype(np.float32))[None, None] * free
+    while True:
         grown = F.max_pool2d(reached, 3, 1, 1) * free
         if torch.equal(grown, reached):
-            return (free - reached)[0, 0].numpy() > 0
+            return grown[0, 0].numpy() > 0
         reached = grown
+
+
+def holes(background):
+    """The pixels of a boolean background mask that cannot reach the picture's border."""
+    border = np.ones_like(background)
+    border[1:-1, 1:-1] = False
+    return background & ~grow_within(border, background)
 
 
 def fine_pen(digit28, height, pen_ratio):
@@ -145,10 +149,14 @@ def fine_pen(digit28, height, pen_ratio):
     wide (at least one pixel), with anti-aliased edges.
 
     A loop written with MNIST's thick pen is often closed to a faint dip in the grey levels; its
-    skeleton would be a line, so a fine-pen 8 would come out a 9. The holes the darker core of
-    the strokes (level HOLE_LEVEL) leaves are kept open, as the writer's fine pen would have."""
+    skeleton would be a line, so a fine-pen 8 would come out a 9. Holes that only the darker core
+    of the strokes (level HOLE_LEVEL) shows are opened, as the writer's fine pen would have left
+    them; loops already open at INK_LEVEL stay as they are."""
     field = field_4x(digit28)
-    skel = skeleton((field > INK_LEVEL) & ~holes(field <= HOLE_LEVEL))
+    ink = field > INK_LEVEL
+    core_holes = holes(field <= HOLE_LEVEL)
+    closed_loops = core_holes & ~grow_within(holes(~ink), core_holes)
+    skel = skeleton(ink & ~closed_loops)
     rows, cols = np.flatnonzero(skel.any(1)), np.flatnonzero(skel.any(0))
     skel = skel[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     # Drawn at 2x and shrunk at the end, for smooth edges.
