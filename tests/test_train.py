@@ -184,7 +184,7 @@ def test_augmentation_moves_digits_but_keeps_the_background(mnist_test_set):
     ink_in, ink_out = (x - background).sum((1, 2, 3)), (out - background).sum((1, 2, 3))
     ratio = ink_out / ink_in
     assert (ratio > 0.25).all() and (ratio < 4).all()
-    assert (ratio > 1.3).any() and (ratio < 0.9).any()  # some pens wider, some finer
+    assert (ratio > 1.3).any()  # some pens are bolder
     torch.testing.assert_close(out[:, :, 0, 0], torch.full((64, 1), background), atol=1e-4, rtol=0)
 
 
@@ -203,9 +203,14 @@ def test_stroke_width_change_matches_pillow_max_and_min_filters(mnist_test_set):
     torch.testing.assert_close(m.change_stroke_width(x, ones), pillow(ImageFilter.MaxFilter(3)), **tol)
     torch.testing.assert_close(m.change_stroke_width(x, -ones),
                                (x + pillow(ImageFilter.MinFilter(3))) / 2, **tol)
-    wider, finer = m.change_stroke_width(x, ones / 2), m.change_stroke_width(x, -ones / 2)
-    assert ((wider - background).sum((1, 2, 3)) > (x - background).sum((1, 2, 3))).all()
-    assert ((finer - background).sum((1, 2, 3)) < (x - background).sum((1, 2, 3))).all()
+    amount = torch.linspace(-1, 1, 8)  # each image its own amount, both ways
+    a = amount.view(8, 1, 1, 1)
+    expected = torch.where(a > 0, x + a * (pillow(ImageFilter.MaxFilter(3)) - x),
+                           x + a / 2 * (x - pillow(ImageFilter.MinFilter(3))))
+    out = m.change_stroke_width(x, amount)
+    torch.testing.assert_close(out, expected, **tol)
+    ink_in, ink_out = (x - background).sum((1, 2, 3)), (out - background).sum((1, 2, 3))
+    assert (ink_out[:4] < ink_in[:4]).all() and (ink_out[4:] > ink_in[4:]).all()
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
