@@ -628,9 +628,9 @@ def main(argv=None):
     # parts, so threads spread it over the cores (1.7x on 2 cores) with results kept in order.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(files), BATCH_SIZE):
+            batch = files[start:start + BATCH_SIZE]
             chunk, tensors = [], []
-            for path, result in zip(files[start:start + BATCH_SIZE],
-                                    pool.map(_preprocess_or_error, files[start:start + BATCH_SIZE])):
+            for path, result in zip(batch, pool.map(_preprocess_or_error, batch)):
                 if isinstance(result, PredictError):
                     failures += 1
                     hint = (" Edit image_path at the top of predict.py or pass a path: "
