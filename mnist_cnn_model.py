@@ -9,6 +9,7 @@ The data set ships in data/MNIST/raw/ (checksummed), so no network is needed. Th
 saved as a plain state_dict to mnist_cnn.pt; predict.py reads them.
 """
 import argparse
+import errno
 import gzip
 import hashlib
 import importlib.metadata
@@ -86,7 +87,9 @@ def _unpack(gz_path, out_path, expected_sha):
             with gzip.open(gz_path, "rb") as src, open(tmp_path, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             ok = sha256_of(tmp_path) == expected_sha
-        except (OSError, EOFError, zlib.error):
+        except (OSError, EOFError, zlib.error) as e:
+            if getattr(e, "errno", None) in DISK_FULL:
+                raise  # not the copy's fault
             ok = False
         if not ok:
             raise DataError(
@@ -223,19 +226,32 @@ def evaluate(model, images, labels, batch_size=256):
 # Saving: every file is written to a temporary name and renamed into place, so a crash, a
 # Ctrl-C or a full disk never leaves a truncated file where a good one was.
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def atomic_write(path, write):
-    """Call write(temporary_path), then rename the result onto path."""
+    """Call write(temporary_path), then rename the result onto path. A full disk (or quota) raises
+    OSError with its errno and path, the path of the file meant, not of the temporary one."""
     tmp_path = f"{path}.{os.getpid()}.tmp"  # per process, so that two runs never share one
     try:
         write(tmp_path)
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        raise OSError(e.errno, os.strerror(e.errno), os.fspath(path)) from e
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
 
 
 def atomic_save(obj, path):
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp_path):
+        # Through a Python file: given a path, torch.save reports a full disk as a RuntimeError
+        # ("unexpected pos ..."), given a file it raises the OSError with ENOSPC.
+        with open(tmp_path, "wb") as f:
+            torch.save(obj, f)
+    atomic_write(path, write)
 
 
 def atomic_write_json(obj, path):
@@ -283,6 +299,10 @@ class StopRequest:
 # ---------------------------------------------------------------------------------------------
 # The run folder: figures that show what happened
 
+def save_png(fig, path):
+    atomic_write(path, lambda tmp_path: fig.savefig(tmp_path, format="png", dpi=100))
+
+
 def save_figures(run_dir, history, confusion, mistakes):
     """curves.png (loss and accuracy per epoch), confusion_matrix.png and mistakes.png (test digits
     the model got wrong, labelled true/predicted). mistakes: list of (image 28x28, true, pred)."""
@@ -300,7 +320,7 @@ def save_figures(run_dir, history, confusion, mistakes):
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.savefig(os.path.join(run_dir, "curves.png"), dpi=100)
+    save_png(fig, os.path.join(run_dir, "curves.png"))
 
     fig = Figure(figsize=(7, 6), layout="constrained")
     ax = fig.subplots()
@@ -315,7 +335,7 @@ def save_figures(run_dir, history, confusion, mistakes):
     ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="true",
            title="Confusion matrix on the 10,000 test digits")
     fig.colorbar(im, ax=ax, label="count + 1")
-    fig.savefig(os.path.join(run_dir, "confusion_matrix.png"), dpi=100)
+    save_png(fig, os.path.join(run_dir, "confusion_matrix.png"))
 
     cols = 8
     rows = max(1, math.ceil(len(mistakes) / cols))
@@ -327,7 +347,7 @@ def save_figures(run_dir, history, confusion, mistakes):
     for ax in axes:
         ax.axis("off")
     fig.suptitle(f"Misclassified test digits (first {len(mistakes)})")
-    fig.savefig(os.path.join(run_dir, "mistakes.png"), dpi=100)
+    save_png(fig, os.path.join(run_dir, "mistakes.png"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,6 +430,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     config, device, run_dir, checkpoint, min_accuracy = parse_args(argv)
+    try:
+        train(config, device, run_dir, checkpoint, min_accuracy)
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        exit_disk_full(e, run_dir)
+
+
+def train(config, device, run_dir, checkpoint, min_accuracy):
     try:
         train_images, train_labels = load_mnist(config["data_dir"], train=True, device=device)
         test_images, test_labels = load_mnist(config["data_dir"], train=False, device=device)
@@ -515,6 +544,18 @@ def exit_interrupted(run_dir, epochs_done, signum):
           f"{run_dir}/checkpoint.pt; continue with: python mnist_cnn_model.py --resume {run_dir}",
           file=sys.stderr)
     sys.exit(128 + signum)  # the shell's convention for "killed by this signal"
+
+
+def exit_disk_full(error, run_dir):
+    """error: the OSError (ENOSPC or EDQUOT) that atomic_write raised, naming the file it meant."""
+    folder = os.path.dirname(error.filename) or "."
+    if os.path.isfile(os.path.join(run_dir, "checkpoint.pt")):
+        then = f"continue with: python mnist_cnn_model.py --resume {run_dir}"
+    else:  # nothing to resume yet: failed while writing the first checkpoint or unpacking the data
+        then = "run the same command again"
+    sys.exit(f"Error: {error.strerror[0].lower()}{error.strerror[1:]} in {folder}/ while saving "
+             f"{os.path.basename(error.filename)} (the files already there are intact); free some space, "
+             f"then {then}.")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Tests of the model, the data pipeline and the training script (mnist_cnn_model.py)."""
+import builtins
+import errno
 import functools
 import gzip
 import hashlib
 import http.server
+import io
 import json
 import os
 import re
@@ -30,6 +33,12 @@ def reference_net(model):
     """The architecture exactly as specified (ReLU, then pool), sharing the model's weights."""
     return nn.Sequential(model.conv1, nn.ReLU(), nn.MaxPool2d(2), model.conv2, nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), model.fc1, nn.ReLU(), model.fc2)
+
+
+def restore_signal_handlers():
+    """main() installs its own, to stop cleanly on Ctrl-C; give pytest its own back."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_script(repo_root, *args, **kwargs):
@@ -114,6 +123,15 @@ def test_a_corrupted_copy_is_refused_with_a_clear_message(tmp_path, damage):
         m.prepare_mnist(str(tmp_path))
     assert not (raw / "t10k-images-idx3-ubyte").exists()
     assert not list(raw.glob("*.tmp"))
+
+
+def test_a_full_disk_while_unpacking_is_not_called_corruption(tmp_path, disk_full_at):
+    raw = copy_embedded(tmp_path)
+    disk_full_at("t10k-images-idx3-ubyte")
+    with pytest.raises(OSError) as error:
+        m.prepare_mnist(str(tmp_path))
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(raw / "t10k-images-idx3-ubyte")
+    assert not list(raw.glob("*.tmp")) and not (raw / "t10k-images-idx3-ubyte").exists()
 
 
 def test_a_damaged_unpacked_file_is_replaced_from_the_embedded_copy(tmp_path):
@@ -217,13 +235,14 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     path = tmp_path / "weights.pt"
     m.atomic_save({"a": torch.ones(3)}, path)
 
-    def failing_save(obj, f):
-        open(f, "wb").write(b"half a fi")
+    def failing_save(obj, f):  # atomic_save hands torch.save an open file
+        f.write(b"half a fi")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as error:
         m.atomic_save({"a": torch.zeros(3)}, path)
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(path)
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["weights.pt"]
@@ -282,7 +301,7 @@ def test_the_same_seed_gives_identical_weights_and_metrics(tmp_path, repo_root):
     for name in ("a", "b"):
         m.main(["--limit", "1500", "--epochs", "2", "--seed", "7", "--device", "cpu", "--run-dir", str(tmp_path / name),
                 "--weights", str(tmp_path / f"{name}.pt")])
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # main() installed its own
+        restore_signal_handlers()
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         for epoch in metrics["epochs"]:
             del epoch["seconds"]
@@ -319,6 +338,99 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, repo_root):
     a, b = torch.load(tmp_path / "ref.pt", weights_only=True), torch.load(weights, weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.stdout.splitlines()[-1] == ref.stdout.splitlines()[-1]
+
+
+class NearlyFullDisk(io.FileIO):
+    """A file on a disk with `room` bytes left: the write that reaches the end fails with ENOSPC
+    after writing what fits, as on a real full disk."""
+    room = 1000
+
+    def write(self, data):
+        n = min(len(data), self.room)
+        if n == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= n
+        return super().write(bytes(data[:n]))
+
+
+@pytest.fixture
+def disk_full_at(monkeypatch):
+    """disk_full_at(name, nth): the nth time a file called name is written (through its temporary
+    name), the disk is nearly full. Every writer of the run (torch.save, json, matplotlib) opens
+    its files with builtins.open."""
+    real_open = builtins.open
+
+    def install(name, nth=1):
+        seen = []
+
+        def fake_open(file, mode="r", *args, **kwargs):
+            base = os.path.basename(file) if isinstance(file, (str, os.PathLike)) else ""
+            if "w" in mode and base.startswith(name + ".") and base.endswith(".tmp"):
+                seen.append(base)
+                if len(seen) == nth:
+                    buffered = io.BufferedWriter(NearlyFullDisk(file, "w"))
+                    return buffered if "b" in mode else io.TextIOWrapper(buffered, encoding=kwargs.get("encoding"))
+            return real_open(file, mode, *args, **kwargs)
+        monkeypatch.setattr(builtins, "open", fake_open)
+        return seen
+    yield install
+    restore_signal_handlers()
+
+
+@pytest.fixture(scope="module")
+def reference_weights(tmp_path_factory, repo_root):
+    """The weights of an uninterrupted run with DISK_FULL_FLAGS."""
+    tmp = tmp_path_factory.mktemp("reference")
+    m.main([*DISK_FULL_FLAGS, "--data-dir", os.path.join(repo_root, "data"), "--run-dir", str(tmp / "run"),
+            "--weights", str(tmp / "w.pt")])
+    restore_signal_handlers()
+    return torch.load(tmp / "w.pt", weights_only=True)
+
+
+DISK_FULL_FLAGS = ["--limit", "640", "--epochs", "1", "--seed", "5", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("name, nth, where", [
+    ("checkpoint.pt", 1, "run"),  # the first one, before training: nothing to resume yet
+    ("checkpoint.pt", 2, "run"),  # after epoch 1
+    ("metrics.json", 1, "run"),
+    ("curves.png", 1, "run"),
+    ("w.pt", 1, "out"),
+    ("w.json", 1, "out"),
+])
+def test_a_full_disk_is_one_sentence_leaves_nothing_half_written_and_the_run_continues(
+        tmp_path, repo_root, monkeypatch, disk_full_at, reference_weights, name, nth, where):
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    weights = out / "w.pt"
+    weights.write_bytes(b"the user's previous weights")
+    flags = [*DISK_FULL_FLAGS, "--data-dir", os.path.join(repo_root, "data"), "--run-dir", str(run_dir),
+             "--weights", str(weights)]
+    seen = disk_full_at(name, nth)
+    with pytest.raises(SystemExit) as exit_info:
+        m.main(flags)
+    assert len(seen) == nth
+    message = exit_info.value.code  # a string: Python prints it and exits with status 1
+    resumable = (run_dir / "checkpoint.pt").exists()
+    assert resumable == (name != "checkpoint.pt" or nth > 1)
+    then = f"continue with: python mnist_cnn_model.py --resume {run_dir}" if resumable else "run the same command again"
+    assert message == (f"Error: no space left on device in {tmp_path / where}/ while saving {name} "
+                       f"(the files already there are intact); free some space, then {then}.")
+    assert not list(tmp_path.rglob("*.tmp"))
+    if name == "w.json":  # the weights went in just before
+        assert torch.equal(torch.load(weights, weights_only=True)["fc2.bias"], reference_weights["fc2.bias"])
+    else:
+        assert weights.read_bytes() == b"the user's previous weights"
+    if resumable:
+        checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        assert len(checkpoint["history"]) == (0 if name == "checkpoint.pt" else 1)
+
+    # Doing what the sentence says, once there is room again, ends as an uninterrupted run would.
+    monkeypatch.undo()
+    m.main(["--resume", str(run_dir)] if resumable else flags)
+    state = torch.load(weights, weights_only=True)
+    assert all(torch.equal(state[k], reference_weights[k]) for k in reference_weights)
+    assert json.loads((run_dir / "metrics.json").read_text())["finished"]
 
 
 @pytest.mark.parametrize("flags, message", [
