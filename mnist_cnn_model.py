@@ -181,7 +181,8 @@ def augment_batch(images, generator):
 def train_epoch(model, optimizer, images, labels, batch_size, generator, augment=False,
                 progress=None, should_stop=lambda: False, scheduler=None):
     """One pass over the shuffled training set. Returns the mean loss, or None when should_stop()
-    turned true (checked after every batch, a safe point to stop at)."""
+    turned true (checked after every batch, a safe point to stop at). A loss that turns NaN or
+    infinite ends the pass early, within 50 batches, and the returned loss is then not finite."""
     model.train()
     order = torch.randperm(len(images), generator=generator).to(images.device)
     total_loss = torch.zeros((), device=images.device)
@@ -202,6 +203,10 @@ def train_epoch(model, optimizer, images, labels, batch_size, generator, augment
             progress.update(len(idx))
             if start // batch_size % 50 == 0:
                 progress.set_postfix(loss=f"{loss.item():.4f}")
+        # Once a loss is NaN or infinite, so is the running sum (losses are never negative), so
+        # looking at it every 50 batches catches every one without a sync per batch.
+        if start // batch_size % 50 == 49 and not torch.isfinite(total_loss):
+            break
         if should_stop():
             return None
     return total_loss.item() / len(images)
@@ -494,6 +499,10 @@ def train(config, device, run_dir, checkpoint, min_accuracy):
                                      generator, config["augment"], progress, stop, scheduler)
         if train_loss is None:
             exit_interrupted(run_dir, epoch - 1, stop.signal)
+        # The last step can leave NaN weights behind a finite loss: look at both, so that neither
+        # the checkpoint nor the weights file ever holds a diverged model.
+        if not (math.isfinite(train_loss) and all(p.isfinite().all() for p in model.parameters())):
+            exit_diverged(run_dir, epoch, config["lr"])
         test_loss, correct, predictions = evaluate(model, test_images, test_labels)
         seconds = time.perf_counter() - start
         elapsed += seconds
@@ -544,6 +553,12 @@ def exit_interrupted(run_dir, epochs_done, signum):
           f"{run_dir}/checkpoint.pt; continue with: python mnist_cnn_model.py --resume {run_dir}",
           file=sys.stderr)
     sys.exit(128 + signum)  # the shell's convention for "killed by this signal"
+
+
+def exit_diverged(run_dir, epoch, lr):
+    sys.exit(f"Error: training diverged in epoch {epoch} (the loss became NaN or infinite), so no weights "
+             f"were written and {run_dir}/checkpoint.pt still holds the run as it was before epoch {epoch}; "
+             f"start again with a lower --lr than {lr:g}.")
 
 
 def exit_disk_full(error, run_dir):

@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -248,6 +249,28 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["weights.pt"]
 
 
+class CountingProgress:
+    def __init__(self):
+        self.images = 0
+
+    def update(self, n):
+        self.images += n
+
+    def set_postfix(self, **kwargs):
+        pass
+
+
+def test_a_diverging_epoch_stops_within_50_batches(mnist_train_set):
+    torch.manual_seed(0)
+    model = CNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e20)  # the weights overflow after one step
+    progress = CountingProgress()
+    x, y = mnist_train_set[0][:64 * 200], mnist_train_set[1][:64 * 200]
+    loss = m.train_epoch(model, optimizer, x, y, 64, torch.Generator().manual_seed(0), progress=progress)
+    assert not math.isfinite(loss)
+    assert progress.images == 64 * 50  # stopped at the first look, not after 200 batches
+
+
 def test_second_stop_request_exits_at_once(monkeypatch):
     stop = m.StopRequest()
     exits = []
@@ -338,6 +361,26 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, repo_root):
     a, b = torch.load(tmp_path / "ref.pt", weights_only=True), torch.load(weights, weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.stdout.splitlines()[-1] == ref.stdout.splitlines()[-1]
+
+
+def test_a_diverging_run_stops_with_one_sentence_and_writes_no_weights(tmp_path, repo_root):
+    run_dir, weights = tmp_path / "run", tmp_path / "w.pt"
+    weights.write_bytes(b"the user's previous weights")
+    out = run_script(repo_root, "--lr", "1e20", "--limit", "640", "--epochs", "2", "--seed", "4", "--device", "cpu",
+                     "--run-dir", str(run_dir), "--weights", str(weights))
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"Error: training diverged in epoch 1 (the loss became NaN or infinite), so no weights were written and "
+        f"{run_dir}/checkpoint.pt still holds the run as it was before epoch 1; start again with a lower --lr than 1e+20.")
+    assert "Epoch 1/2" not in out.stdout
+    assert weights.read_bytes() == b"the user's previous weights" and not (tmp_path / "w.json").exists()
+    # The checkpoint is the last good state: the untrained model of seed 4, before any step.
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["history"] == []
+    torch.manual_seed(4)
+    initial = CNN().state_dict()
+    assert all(torch.equal(checkpoint["model"][k], initial[k]) for k in initial)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt"]
 
 
 class NearlyFullDisk(io.FileIO):
