@@ -36,6 +36,17 @@ def reference_net(model):
                          nn.Flatten(), model.fc1, nn.ReLU(), model.fc2)
 
 
+def expected_auto_precision(device):
+    """What --precision auto should pick, found without mnist_cnn_model: bf16 on a GPU with bf16
+    units (compute capability 8.0 and newer) or a CPU whose flags list AMX-BF16 or AVX512-BF16."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp32"
+    if device.type == "cpu" and os.path.exists("/proc/cpuinfo"):
+        flags = set(open("/proc/cpuinfo").read().split())
+        return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
+    return "fp32" if device.type == "mps" else None
+
+
 def restore_signal_handlers():
     """main() installs its own, to stop cleanly on Ctrl-C; give pytest its own back."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -281,6 +292,78 @@ def test_second_stop_request_exits_at_once(monkeypatch):
     assert exits == [130]
 
 
+# --- precision ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, native", [
+    ({"avx2": True, "fma3": True}, False),
+    ({"avx512_f": True, "avx512_bw": True, "avx512_bf16": False}, False),  # AVX-512 alone only emulates bf16
+    ({"avx512_f": True, "avx512_bf16": True}, True),
+    ({"amx_tile": True, "amx_bf16": True}, True),
+])
+def test_auto_precision_picks_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch, flags, native):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    assert m.native_bf16(torch.device("cpu")) is native
+
+
+def test_auto_precision_on_this_machine():
+    cpu = torch.device("cpu")
+    if expected_auto_precision(cpu) is None:
+        pytest.skip("no /proc/cpuinfo to check against")
+    assert m.native_bf16(cpu) == (expected_auto_precision(cpu) == "bf16")
+
+
+def test_auto_precision_reads_proc_cpuinfo_where_torch_does_not_tell(monkeypatch):
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo")
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    real_open = builtins.open
+    for line, native in [("flags\t: fpu avx2 avx512f avx512_bf16 sse\n", True),
+                         ("flags\t: fpu avx2 amx_tile amx_bf16\n", True), ("flags\t: fpu avx2 fma\n", False)]:
+        monkeypatch.setattr(builtins, "open", lambda f, *a, **k: io.StringIO(line) if f == "/proc/cpuinfo"
+                            else real_open(f, *a, **k))
+        assert m.native_bf16(torch.device("cpu")) is native
+
+
+def test_resume_keeps_the_precision_the_run_started_with(tmp_path):
+    config = dict(m.TRAINING_DEFAULTS, precision="bf16", weights=str(tmp_path / "w.pt"))
+    torch.save({"config": config}, tmp_path / "checkpoint.pt")
+    assert m.parse_args(["--resume", str(tmp_path), "--device", "cpu"])[0]["precision"] == "bf16"
+    del config["precision"]  # a checkpoint from before --precision: those runs were fp32
+    torch.save({"config": config}, tmp_path / "checkpoint.pt")
+    assert m.parse_args(["--resume", str(tmp_path), "--device", "cpu"])[0]["precision"] == "fp32"
+
+
+def bf16_run(images, labels, seed):
+    torch.manual_seed(seed)
+    model = CNN().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    loss = m.train_epoch(model, optimizer, images, labels, 64, torch.Generator().manual_seed(seed), precision="bf16")
+    return model, optimizer, loss
+
+
+def test_bf16_training_lowers_the_loss_keeps_fp32_weights_and_repeats_exactly(mnist_train_set, mnist_test_set):
+    """bf16 is emulated, and slow, on a CPU without AMX or AVX512-BF16: a small subset."""
+    x, y = mnist_train_set[0][:640], mnist_train_set[1][:640]
+    test_x, test_y = mnist_test_set[0][:500], mnist_test_set[1][:500]
+    torch.manual_seed(2)
+    loss_before, _, _ = m.evaluate(CNN().to(memory_format=torch.channels_last), test_x, test_y, precision="bf16")
+    model, optimizer, loss = bf16_run(x, y, seed=2)
+    loss_after, correct, _ = m.evaluate(model, test_x, test_y, precision="bf16")
+    assert loss_before > 2.0 and loss_after < loss_before - 0.5 and correct / 500 > 0.5
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(v.dtype == torch.float32 for state in optimizer.state.values() for k, v in state.items() if k != "step")
+
+    again, _, loss_again = bf16_run(x, y, seed=2)
+    assert loss_again == loss
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    # and bf16 really ran: fp32 from the same start ends elsewhere
+    torch.manual_seed(2)
+    fp32 = CNN().to(memory_format=torch.channels_last)
+    m.train_epoch(fp32, torch.optim.Adam(fp32.parameters(), lr=1e-3, fused=True), x, y, 64,
+                  torch.Generator().manual_seed(2))
+    assert not torch.equal(fp32.conv2.weight, model.conv2.weight)
+
+
 # --- the command line --------------------------------------------------------------------------
 
 def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
@@ -290,7 +373,10 @@ def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
                      "--weights", str(weights))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert re.fullmatch(r"Epoch 1/2: loss \d+\.\d{4}, test loss .*", lines[0])
+    device = m.pick_device()
+    precision = expected_auto_precision(device) or ("bf16" if "bf16" in lines[0] else "fp32")
+    assert lines[0] == f"Training on {device} in {'bf16 mixed precision' if precision == 'bf16' else 'fp32'}"
+    assert re.fullmatch(r"Epoch 1/2: loss \d+\.\d{4}, test loss .*", lines[1])
     match = re.fullmatch(r"Test accuracy: (\d+\.\d\d)% \((\d+)/10000\)", lines[-1])
     assert match and float(match[1]) > 80 and int(match[2]) == round(float(match[1]) * 100)
 
@@ -299,9 +385,11 @@ def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
     info = json.loads(weights.with_suffix(".json").read_text())
     assert info["config"]["limit"] == 2000 and info["test_accuracy"] == float(match[1])
     assert info["data_sha256"] == m.MNIST_FILES and info["torch"] == torch.__version__
+    assert info["precision"] == info["config"]["precision"] == precision
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["finished"] and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert metrics["precision"] == metrics["config"]["precision"] == precision
     assert metrics["correct"] == int(match[2]) and sum(map(sum, metrics["confusion_matrix"])) == 10000
     assert set(metrics["per_class_accuracy"]) == {str(d) for d in range(10)}
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
@@ -430,7 +518,7 @@ def reference_weights(tmp_path_factory, repo_root):
     return torch.load(tmp / "w.pt", weights_only=True)
 
 
-DISK_FULL_FLAGS = ["--limit", "640", "--epochs", "1", "--seed", "5", "--device", "cpu"]
+DISK_FULL_FLAGS = ["--limit", "640", "--epochs", "1", "--seed", "5", "--device", "cpu", "--precision", "fp32"]
 
 
 @pytest.mark.parametrize("name, nth, where", [
@@ -473,6 +561,7 @@ def test_a_full_disk_is_one_sentence_leaves_nothing_half_written_and_the_run_con
     m.main(["--resume", str(run_dir)] if resumable else flags)
     state = torch.load(weights, weights_only=True)
     assert all(torch.equal(state[k], reference_weights[k]) for k in reference_weights)
+    assert json.loads((out / "w.json").read_text())["precision"] == "fp32"
     assert json.loads((run_dir / "metrics.json").read_text())["finished"]
 
 
@@ -487,6 +576,8 @@ def test_a_full_disk_is_one_sentence_leaves_nothing_half_written_and_the_run_con
     (["--epochs", "ten"], "invalid int value"),
     (["--schedule", "step"], "invalid choice: 'step'"),
     (["--resume", "{tmp}", "--lr", "0.01"], "drop --lr"),
+    (["--precision", "fp16"], "invalid choice: 'fp16'"),
+    (["--resume", "{tmp}", "--precision", "fp32"], "drop --precision"),
 ])
 def test_bad_flags_get_one_line_before_any_work(tmp_path, repo_root, flags, message):
     (tmp_path / "file").write_text("a file, not a folder")
@@ -502,6 +593,26 @@ def test_bad_flags_get_one_line_before_any_work(tmp_path, repo_root, flags, mess
 def test_unavailable_cuda_is_a_clear_error(tmp_path, repo_root):
     out = run_script(repo_root, "--device", "cuda", "--run-dir", str(tmp_path / "run"))
     assert out.returncode == 2 and "--device cuda is not available on this machine" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_bf16_run_records_its_precision_and_resume_keeps_it(tmp_path, repo_root):
+    """About a minute on a CPU without AMX or AVX512-BF16, where bf16 is emulated: evaluating the
+    10,000 test digits alone takes 20 s there."""
+    run_dir, weights = tmp_path / "run", tmp_path / "w.pt"
+    out = run_script(repo_root, "--precision", "bf16", "--limit", "320", "--epochs", "1", "--device", "cpu",
+                     "--run-dir", str(run_dir), "--weights", str(weights))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "Training on cpu in bf16 mixed precision"
+    metrics, info = json.loads((run_dir / "metrics.json").read_text()), json.loads(weights.with_suffix(".json").read_text())
+    assert metrics["precision"] == metrics["config"]["precision"] == info["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in torch.load(weights, weights_only=True).values())
+
+    resumed = run_script(repo_root, "--resume", str(run_dir), "--device", "cpu")
+    assert resumed.returncode == 0, resumed.stderr
+    lines = resumed.stdout.splitlines()
+    assert lines[0].startswith("Resuming") and lines[1] == "Training on cpu in bf16 mixed precision"
+    assert lines[-1] == out.stdout.splitlines()[-1]  # the same bf16 evaluation of the same weights
 
 
 @pytest.mark.slow
