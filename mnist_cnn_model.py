@@ -482,7 +482,7 @@ def main(argv=None):
     try:
         train(config, device, run_dir, checkpoint, min_accuracy)
     except OSError as e:
-        if e.errno not in DISK_FULL:
+        if e.errno not in DISK_FULL or not e.filename:  # only atomic_write's say which file
             raise
         exit_disk_full(e, run_dir)
 
