@@ -310,7 +310,10 @@ def _threshold(levels, name):
     background = levels[~mask]
     if background.size == 0 or mask.sum() < 3:
         raise blank
-    noise = float(background.std())
+    # The noise is what changes from one background pixel to the next; the background's spread
+    # alone would also count the soft edges of a bold, blurred digit filling the picture.
+    jitter = float((levels - ndimage.uniform_filter(levels, 5, mode="nearest"))[~mask].std())
+    noise = min(float(background.std()), jitter)
     contrast = float(np.median(_sample(levels[mask]))) - float(np.median(_sample(background)))
     # On plain noise Otsu still splits the histogram, but the two halves are only about 1.6
     # standard deviations apart; real ink stands many deviations clear of the paper.
@@ -553,13 +556,14 @@ def split_number(ink, classify):
 class Group(NamedTuple):
     """Pieces of ink taken for one digit (or several that touch): mask (bool, whole picture),
     box (slices), left and right along the writing, height (rows), sheared (each pixel's
-    position along the writing)."""
+    position along the writing), slant (dx/dy of the writing)."""
     mask: np.ndarray
     box: tuple
     left: float
     right: float
     height: int
     sheared: np.ndarray
+    slant: float
 
 
 def digit_groups(ink):
@@ -571,7 +575,8 @@ def digit_groups(ink):
         return []
     h, w = ink.mask.shape
     ys, xs = np.mgrid[0:h, 0:w]
-    sheared = (xs - _common_slant(ink.mask, labels, count) * (ys - h / 2)).astype(np.float32)
+    slant = _common_slant(ink.mask, labels, count)
+    sheared = (xs - slant * (ys - h / 2)).astype(np.float32)
     ids = np.arange(1, count + 1)
     left = np.asarray(ndimage.minimum(sheared, labels, ids))
     right = np.asarray(ndimage.maximum(sheared, labels, ids)) + 1
@@ -586,7 +591,7 @@ def digit_groups(ink):
         lo, hi = float(left[members].min()), float(right[members].max())
         if max(group_height, hi - lo) < 0.3 * height:
             continue  # a speck, a dot or a comma beside digits of full height
-        groups.append(Group(mask, box, lo, hi, group_height, sheared))
+        groups.append(Group(mask, box, lo, hi, group_height, sheared, slant))
     return groups
 
 
@@ -634,72 +639,90 @@ def _group_pieces(left, right, short):
 
 
 def _atoms(ink, group, line):
-    """(mask, left, right, sliced) of the pieces a group may be made of, left to right: the whole group
-    when it is narrow enough for one digit; else the parts that stay apart once the strokes are
-    thinned (digits that touch usually do so where the ink is thinner than a stroke), each given
-    back the ink nearest to it; a part still too wide for one digit is sliced at the thin places
-    of its ink along the writing."""
+    """(mask, left, right) of the slices a group may be made of, left to right: the whole group
+    when it is narrow enough for one digit; else the slices between cut paths. Each path runs
+    from the top of the group to its bottom, along the writing's slant, through as little ink as
+    it can (so between two digits that touch it finds their contact), from a start at each
+    minimum of the ink's projection along the writing and every CUT_STEP of the line height."""
     if group.right - group.left <= 0.75 * line:
-        return [(group.mask, group.left, group.right, False)]
+        return [(group.mask, group.left, group.right, 0.0)]
     box = group.box
     region = group.mask[box]
-    sheared = group.sheared[box]
-    stroke = stroke_width(region)
-    parts = [region]
-    # Thinned a little at a time, so that a contact no thicker than the strokes parts first.
-    for fraction in (0.3, 0.5, 0.7):
-        radius = max(1, int(round(fraction * stroke)))
-        parts = [piece for part in parts for piece in
-                 (_pull_apart(part, radius) if np.ptp(sheared[part]) + 1 > 0.9 * line else [part])]
+    levels = np.where(region, ink.levels[box], 0.0)
+    rows = np.arange(box[0].start, box[0].stop)
+    # Each row moved back by the slant, so that the writing stands upright: column u of row r
+    # is column u + shift[r] of the box.
+    shift = np.round(group.slant * (rows - ink.mask.shape[0] / 2)).astype(int)
+    shift -= shift.min()
+    width = region.shape[1] + shift.max()
+    upright = np.zeros((region.shape[0], width))
+    for r, s in enumerate(shift):
+        upright[r, width - region.shape[1] - s:width - s] = levels[r]
+    offset = width - region.shape[1] - shift  # u = x + offset[r]
+    cuts = _cut_starts(upright.sum(axis=0), line)
+    paths = [np.zeros(len(rows), int)]
+    for c in cuts:
+        paths.append(np.maximum(_cheapest_path(upright, c, max(2, int(REACH * line))), paths[-1]))
+    paths.append(np.full(len(rows), width))
+    # What a cut costs: the ink it crosses, in strokes (a stroke's width of solid ink).
+    pen = max(stroke_width(region), 1.0) * float(np.median(levels[region]))
+    crossed = [float(upright[np.arange(len(rows)), np.minimum(path, width - 1)].sum()) / pen
+               for path in paths[:-1]]
+    crossed[0] = 0.0
+    u = np.arange(region.shape[1])[None, :] + offset[:, None]
     atoms = []
-    for part in parts:
-        lo, hi = float(sheared[part].min()), float(sheared[part].max()) + 1
-        slices = [(part, lo, hi)] if hi - lo <= 1.5 * line else _slices(ink, part, box, sheared, lo, hi, line)
-        for mask, a, b in slices:
-            full = np.zeros(ink.mask.shape, bool)
-            full[box] = mask
-            atoms.append((full, a, b, len(slices) > 1))
-    return sorted(atoms, key=lambda a: (a[1] + a[2]) / 2)
+    for a, b, cut in zip(paths, paths[1:], crossed):
+        part = region & (u >= a[:, None]) & (u < b[:, None])
+        if part.sum() < 3:
+            continue
+        full = np.zeros(ink.mask.shape, bool)
+        full[box] = part
+        along = group.sheared[box][part]
+        atoms.append((full, float(along.min()), float(along.max()) + 1, cut))
+    return atoms
 
 
-def _pull_apart(region, radius):
-    """The parts of region that stay apart once its strokes are thinned by radius pixels, each
-    given back the ink nearest to it; [region] if it stays whole."""
-    core, count = label_pieces(ndimage.binary_erosion(region, iterations=radius))
-    sizes = np.bincount(core.ravel())
-    keep = np.flatnonzero(sizes >= max(4, 0.02 * region.sum()))
-    keep = keep[keep > 0]
-    if len(keep) <= 1:
-        return [region]
-    core = np.where(np.isin(core, keep), core, 0)
-    nearest = ndimage.distance_transform_edt(core == 0, return_distances=False, return_indices=True)
-    owner = core[nearest[0], nearest[1]]
-    return [region & (owner == k) for k in keep]
+CUT_STEP = 0.15
+# How far, in line heights, a cut path may wander from its start to go round a neighbour's stroke.
+REACH = 0.35
 
 
-def _slices(ink, part, box, sheared, lo, hi, line):
-    """(mask, left, right) of a part of a group cut straight across the writing at the minima of
-    its ink's projection, and every fifth of a digit height where there is none."""
-    profile = np.bincount((sheared[part] - lo).astype(np.int64), weights=ink.levels[box][part],
-                          minlength=int(hi - lo) + 1)
+def _cut_starts(profile, line):
+    """Columns to start cut paths at: the minima of the projection, then every CUT_STEP of the
+    line height where no minimum is near, never closer than a tenth of the height to an end."""
     smooth = ndimage.uniform_filter1d(profile, max(1, int(0.05 * line)), mode="constant")
     margin = max(1, int(0.1 * line))
     window = ndimage.minimum_filter1d(smooth, 2 * margin + 1, mode="nearest")
-    minima = [i for i in range(margin, len(smooth) - margin) if smooth[i] == window[i]]
+    inked = np.flatnonzero(profile > 0)
+    lo, hi = inked[0] + margin, inked[-1] + 1 - margin
     cuts = []
-    for i in sorted(minima, key=lambda i: smooth[i]):
+    for i in sorted((i for i in range(lo, hi) if smooth[i] == window[i]), key=lambda i: smooth[i]):
         if all(abs(i - c) >= margin for c in cuts):
             cuts.append(i)
-    step = max(1, int(0.2 * line))
-    cuts += [i for i in range(step, len(smooth) - margin, step)
-             if all(abs(i - c) >= margin for c in cuts)]
-    edges = [lo] + sorted(lo + c for c in cuts) + [hi]
-    out = []
-    for a, b in zip(edges, edges[1:]):
-        mask = part & (sheared >= a) & (sheared < b)
-        if mask.any():
-            out.append((mask, float(a), float(b)))
-    return out
+    step = max(1, int(CUT_STEP * line))
+    cuts += [i for i in range(lo, hi, step) if all(abs(i - c) >= margin for c in cuts)]
+    return sorted(cuts)
+
+
+def _cheapest_path(cost, start, reach):
+    """For each row of cost, the column of a path from top to bottom that stays within reach of
+    column start, moves at most one column a row, and crosses the least cost."""
+    h, w = cost.shape
+    lo, hi = max(0, start - reach), min(w, start + reach + 1)
+    band = cost[:, lo:hi] + 1e-3 * np.abs(np.arange(lo, hi) - start)  # straight when it is free
+    total = band[0].copy()
+    step = np.zeros(band.shape, int)
+    for r in range(1, h):
+        left = np.concatenate([[np.inf], total[:-1]])
+        right = np.concatenate([total[1:], [np.inf]])
+        choice = np.argmin(np.stack([left, total, right]), axis=0)
+        step[r] = choice - 1
+        total = band[r] + np.minimum(np.minimum(left, total), right)
+    path = np.empty(h, int)
+    path[-1] = int(np.argmin(total))
+    for r in range(h - 1, 0, -1):
+        path[r - 1] = path[r] + step[r, path[r]]
+    return path + lo
 
 
 # How wide single handwritten digits are: for each digit 0-9, the density of its ink box's width
@@ -720,12 +743,15 @@ WIDTH_TABLE = np.array([
     [0.00, 0.00, 0.01, 0.09, 1.09, 2.62, 2.46, 1.39, 1.10, 0.79, 0.32, 0.10, 0.02, 0.01, 0.01],
 ])
 
-# Each digit read costs this much log-likelihood, so that pieces of one digit, which may each look
-# like a digit to a model that has only seen whole ones, are not read as several without cause:
-# much for a digit that includes a straight slice of ink, little for one made of whole pieces
-# (which come apart where the ink is thin, as at the point where two digits touch).
-DIGIT_COST = 2.0
-PIECE_COST = 0.5
+# Each digit read costs DIGIT_COST, and each cut CUT_COST for every stroke's width of ink it
+# crosses (log-likelihood), so that pieces of one digit, which may each look like a digit to a
+# model that has only seen whole ones, are not read as several without cause: a cut through the
+# thin contact of two touching digits is cheap, one through the body of a digit is not.
+DIGIT_COST = 0.5
+CUT_COST = 2.0
+# The model's confidence counts this many times over: a digit read whole is read with near
+# certainty, a piece of one or two digits taken as one far less often so.
+CONFIDENCE_WEIGHT = 10.0
 
 
 def _log_shape_prior(probs, width, height):
@@ -762,15 +788,15 @@ def _choose_digits(ink, chains, line, classify):
                 except NoDigitError:
                     continue
                 height = (box[0].stop - box[0].start) / line
-                cost = DIGIT_COST if any(a[3] for a in chain[i:j + 1]) else PIECE_COST
-                candidates.append((n, i, j + 1, mask, width / line, height, cost))
+                candidates.append((n, i, j + 1, mask, width / line, height, chain[i][3]))
     probs = classify(torch.stack(tensors)).double().numpy() if tensors else []
     best = {}
-    for (n, i, j, mask, width, height, cost), p in sorted(zip(candidates, probs), key=lambda c: c[0][:3]):
+    for (n, i, j, mask, width, height, cut), p in sorted(zip(candidates, probs), key=lambda c: c[0][:3]):
         start = best.get((n, i), (0.0, [])) if i else (0.0, [])
         if i and (n, i) not in best:
             continue
-        score = start[0] + np.log(p.max()) + _log_shape_prior(p, width, height) - cost
+        score = (start[0] + CONFIDENCE_WEIGHT * np.log(p.max()) + _log_shape_prior(p, width, height)
+                 - DIGIT_COST - CUT_COST * cut)
         if (n, j) not in best or score > best[(n, j)][0]:
             best[(n, j)] = (score, start[1] + [mask])
     parts = []

@@ -307,16 +307,21 @@ def test_specks_an_edge_shadow_and_ruled_lines_are_not_digits():
     assert len(groups) == 3
 
 
-def test_one_digit_is_one_digit():
+@pytest.mark.parametrize("sure_of", [None, 0, 1])
+def test_one_digit_is_one_digit(sure_of):
+    """Not cut into pieces, whether the model knows nothing or is sure every piece is a 0 or a 1."""
+    def classify(batch):
+        if sure_of is None:
+            return torch.full((len(batch), 10), 0.1)
+        return torch.eye(10)[[sure_of] * len(batch)]
     for digit in (0, 1, 4, 5, 7):
         img, _ = number_picture([digit])
-        digits = preprocess.find_digits(img, lambda batch: torch.full((len(batch), 10), 0.1))
-        assert len(digits) == 1
+        assert len(preprocess.find_digits(img, classify)) == 1
 
 
 def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
     """Two 0s joined by a pen's trailing stroke are one piece of ink, but two digits: with a
-    model that knows nothing (every digit equally likely) the shape alone must split them."""
+    model sure that every piece it is shown is a 0, the shape alone must split them."""
     img = Image.new("L", (300, 200), 255)
     draw = ImageDraw.Draw(img)
     draw.ellipse([50, 50, 115, 150], outline=0, width=10)
@@ -324,7 +329,7 @@ def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
     draw.line([(110, 110), (128, 104)], fill=0, width=3)
     ink = preprocess.read_ink(img)
     assert preprocess.label_pieces(ink.mask)[1] == 1
-    digits = preprocess.split_number(ink, lambda batch: torch.full((len(batch), 10), 0.1))
+    digits = preprocess.split_number(ink, lambda batch: torch.eye(10)[[0] * len(batch)])
     assert len(digits) == 2
     (a0, _, a1, _), (b0, _, b1, _) = digits[0].box, digits[1].box
     assert b1 > a1
