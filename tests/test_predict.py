@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import predict  # conftest.py puts the repository root on sys.path
-from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD, train_epoch
+from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,16 +25,9 @@ def mnist_test(mnist_test_set):
 
 
 @pytest.fixture(scope="session")
-def small_model_weights(tmp_path_factory, mnist_train_set):
+def small_model_weights(train_weights):
     """A CNN that really reads digits (about 90% on MNIST), trained in seconds, saved to a file."""
-    images, labels = mnist_train_set
-    torch.manual_seed(0)
-    model = CNN()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    train_epoch(model, optimizer, images[:3000], labels[:3000], 64, torch.Generator().manual_seed(0))
-    path = tmp_path_factory.mktemp("weights") / "small.pt"
-    torch.save(model.state_dict(), path)
-    return str(path)
+    return train_weights(3000)
 
 
 @pytest.fixture(scope="session")
