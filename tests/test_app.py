@@ -127,6 +127,21 @@ def test_a_drawn_number_is_read_left_to_right(client):
     assert 0 <= answer["digit"] <= 9 and len(answer["probabilities"]) == 10
 
 
+def photo_of(text, fmt):
+    """The drawing of text as a photo would hand it in: grey ink on tinted paper, in format fmt."""
+    drawing = Image.open(io.BytesIO(canvas_png(text))).convert("RGB")
+    paper = Image.new("RGB", PAD, (235, 225, 200))
+    photo = Image.blend(drawing, paper, 0.3)
+    buf = io.BytesIO()
+    photo.save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "BMP"])
+def test_photos_in_any_format_pillow_reads_are_read(client, fmt):
+    assert post(client, photo_of("7", fmt)).json()["number"] == "7"
+
+
 def test_the_api_reads_a_picture_as_predict_py_does(client, reader_weights, tmp_path):
     path = tmp_path / "seven.png"
     path.write_bytes(canvas_png("7"))
@@ -357,6 +372,11 @@ def test_browser_reads_a_seven_while_drawing_then_a_number(server, browser, tmp_
     page.keyboard.press("Delete")
     reading(page, "draw a digit")
     assert page.locator("#details .digit").count() == 0
+    # A chosen photo is read the same way.
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(photo_of("42", "JPEG"))
+    page.set_input_files("#photo", str(photo))
+    reading(page, "42")
     page.close()
 
 
