@@ -2,6 +2,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -30,10 +31,18 @@ def mnist_train_set():
 
 
 @pytest.fixture(scope="session")
+def mnist_test(mnist_test_set):
+    """The MNIST test digits as stored (uint8, N x 28 x 28, white on black) and their labels."""
+    from mnist_cnn_model import MNIST_MEAN, MNIST_STD
+    images, labels = mnist_test_set
+    pixels = ((images[:, 0] * MNIST_STD + MNIST_MEAN) * 255).round().to(torch.uint8)
+    return pixels.numpy(), labels.numpy()
+
+
+@pytest.fixture(scope="session")
 def train_weights(tmp_path_factory, mnist_train_set):
     """train_weights(count, augment=False): the path of weights trained for one epoch on the first
     count MNIST training images, seeded, so every run gets the same model."""
-    import torch
     from mnist_cnn_model import CNN, train_epoch
 
     def train(count, augment=False):
@@ -47,3 +56,15 @@ def train_weights(tmp_path_factory, mnist_train_set):
         torch.save(model.state_dict(), path)
         return str(path)
     return train
+
+
+@pytest.fixture(scope="session")
+def small_model_weights(train_weights):
+    """A CNN that really reads digits (about 90% on MNIST), trained in seconds, saved to a file."""
+    return train_weights(3000)
+
+
+@pytest.fixture(scope="session")
+def small_model(small_model_weights):
+    from predict import load_model
+    return load_model(small_model_weights)

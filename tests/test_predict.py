@@ -1,5 +1,5 @@
-"""Tests of predict.py: each preprocessing step on images drawn here, the errors for every bad
-input, and the command line. No trained model is needed: where a test needs a model that really
+"""Tests of predict.py: reading digits and numbers with a model, the errors for every bad input,
+and the command line. No trained model is needed: where a test needs a model that really
 reads digits, a small one is trained for one epoch on 3000 MNIST images (a few seconds)."""
 import io
 import os
@@ -9,250 +9,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import predict  # conftest.py puts the repository root on sys.path
 from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD
 
+from drawing import as_mnist_photo, draw_seven, save
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-@pytest.fixture(scope="session")
-def mnist_test(mnist_test_set):
-    """The MNIST test digits as stored (uint8, N x 28 x 28, white on black) and their labels."""
-    images, labels = mnist_test_set
-    pixels = ((images[:, 0] * MNIST_STD + MNIST_MEAN) * 255).round().to(torch.uint8)
-    return pixels.numpy(), labels.numpy()
-
-
-@pytest.fixture(scope="session")
-def small_model_weights(train_weights):
-    """A CNN that really reads digits (about 90% on MNIST), trained in seconds, saved to a file."""
-    return train_weights(3000)
-
-
-@pytest.fixture(scope="session")
-def small_model(small_model_weights):
-    return predict.load_model(small_model_weights)
-
-
-# ---------------------------------------------------------------------------------------------
-# Drawing test images
-
-def draw_seven(size=(300, 300), box=(90, 60, 190, 240), width=14, ink=0, paper=255, mode="L"):
-    """A 7 drawn with a pen of `width` pixels inside box (left, top, right, bottom)."""
-    img = Image.new(mode, size, paper)
-    draw = ImageDraw.Draw(img)
-    left, top, right, bottom = box
-    draw.line([(left, top), (right, top), (left + (right - left) * 0.35, bottom)], fill=ink,
-              width=width, joint="curve")
-    return img
-
-
-def seen(image):
-    """The 28x28 array in [0, 1] the model sees for image (a PIL image or a path)."""
-    return (predict.preprocess_image(image)[0].numpy() * MNIST_STD + MNIST_MEAN)
-
-
-def centre_of_mass(a):
-    ys, xs = np.mgrid[0:a.shape[0], 0:a.shape[1]]
-    return (ys * a).sum() / a.sum(), (xs * a).sum() / a.sum()
-
-
-def ink_box(a, level=0.1):
-    rows = np.flatnonzero((a > level).any(axis=1))
-    cols = np.flatnonzero((a > level).any(axis=0))
-    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
-
-
-def save(img, path, **kwargs):
-    img.save(path, **kwargs)
-    return str(path)
-
-
-def as_mnist_photo(digit28, scale, offset, canvas=(400, 320)):
-    """An MNIST digit written dark on light paper at scale x its size, off-centre."""
-    big = Image.fromarray(255 - digit28).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC)
-    img = Image.new("L", canvas, 255)
-    img.paste(big, offset)
-    return img
-
-
-# ---------------------------------------------------------------------------------------------
-# Preprocessing: the MNIST recipe, step by step
-
-def test_output_is_normalised_28x28_white_ink_on_black():
-    t = predict.preprocess_image(draw_seven())
-    assert t.shape == (1, 28, 28) and t.dtype == torch.float32
-    a = t[0].numpy() * MNIST_STD + MNIST_MEAN
-    assert a[0, 0] == pytest.approx(0, abs=1e-5)  # background is black
-    assert a.max() == pytest.approx(1, abs=0.05)  # solid ink is white
-    assert float(t.min()) == pytest.approx(-MNIST_MEAN / MNIST_STD, abs=1e-4)
-
-
-def test_polarity_dark_on_light_and_light_on_dark_give_the_same_digit():
-    dark_on_light = seen(draw_seven(ink=0, paper=255))
-    light_on_dark = seen(draw_seven(ink=255, paper=0))
-    grey_on_grey = seen(draw_seven(ink=60, paper=190))
-    assert np.abs(dark_on_light - light_on_dark).mean() < 0.01
-    assert np.abs(dark_on_light - grey_on_grey).mean() < 0.02
-
-
-@pytest.mark.parametrize("box", [(10, 10, 60, 100), (200, 150, 290, 290), (120, 20, 140, 60),
-                                 (20, 30, 280, 290)])
-def test_off_centre_any_size_is_fitted_to_20x20_and_centred_by_mass(box):
-    drawn = draw_seven(box=box, width=max(2, (box[3] - box[1]) // 12))
-    a = seen(drawn)
-    cy, cx = centre_of_mass(a)
-    assert abs(cy - 14) < 0.6 and abs(cx - 14) < 0.6
-    h, w = ink_box(a)
-    assert max(h, w) in (20, 21)  # 20 plus at most one pixel of anti-aliased edge
-    drawn_h, drawn_w = ink_box(255 - np.asarray(drawn, np.float32), level=128)
-    assert w / h == pytest.approx(drawn_w / drawn_h, abs=0.12)  # aspect ratio kept
-
-
-def test_tiny_digit_in_a_large_picture_is_found_and_enlarged():
-    a = seen(draw_seven(size=(800, 600), box=(500, 400, 508, 412), width=2))
-    assert max(ink_box(a)) in (20, 21)
-    assert abs(centre_of_mass(a)[0] - 14) < 0.6
-
-
-def test_huge_image_is_scaled_down_first(tmp_path):
-    img = draw_seven(size=(6000, 4500), box=(1000, 800, 3000, 4000), width=200)
-    path = save(img, tmp_path / "huge.png")
-    small = seen(draw_seven(size=(600, 450), box=(100, 80, 300, 400), width=20))
-    assert np.abs(seen(path) - small).mean() < 0.02
-    assert max(predict.open_image(path).size) <= predict.MAX_SIDE
-    seen(img)  # a caller's own PIL image is read, never shrunk in place
-    assert img.size == (6000, 4500)
-
-
-def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
-    path = save(draw_seven(size=(400, 400)), tmp_path / "big.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 400x400 is > 2x that: refused
-    with pytest.raises(predict.NotAnImageError, match="big.png"):
-        predict.preprocess_image(path)
-
-
-def test_strokes_on_a_transparent_background_read_as_ink(tmp_path):
-    reference = seen(draw_seven())
-    stroke = np.asarray(draw_seven(ink=255, paper=0))  # 255 where the pen went
-    for colour, hidden in [((0, 0, 0), 0), ((255, 255, 255), 255), ((20, 40, 200), 0),
-                           ((0, 0, 0), 255)]:
-        rgba = np.zeros(stroke.shape + (4,), np.uint8)
-        rgba[..., :3] = np.where(stroke[..., None] > 0, colour, hidden)
-        rgba[..., 3] = stroke
-        path = save(Image.fromarray(rgba, "RGBA"), tmp_path / "canvas.png")
-        assert np.abs(seen(path) - reference).mean() < 0.01, (colour, hidden)
-    la = Image.merge("LA", [Image.new("L", (300, 300), 0), Image.fromarray(stroke)])
-    assert np.abs(seen(save(la, tmp_path / "la.png")) - reference).mean() < 0.01
-
-
-def test_exif_orientation_is_applied(tmp_path):
-    upright = draw_seven(size=(300, 200), box=(100, 20, 180, 180)).convert("RGB")
-    reference = seen(save(upright, tmp_path / "upright.jpg", quality=95))
-    # A camera held sideways stores the pixels rotated and says so in the EXIF orientation tag
-    # (6: rotate 90 degrees clockwise to display).
-    stored = upright.transpose(Image.Transpose.ROTATE_90)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    path = save(stored, tmp_path / "sideways.jpg", quality=95, exif=exif.tobytes())
-    assert np.abs(seen(path) - reference).mean() < 0.02
-    # Without the tag the digit would be read lying on its side: the test can tell the difference.
-    plain = save(stored, tmp_path / "no_tag.jpg", quality=95)
-    assert np.abs(seen(plain) - reference).mean() > 0.05
-
-
-@pytest.mark.parametrize("kind", ["16-bit", "palette", "gif", "cmyk", "1-bit", "rgb-tinted",
-                                  "32-bit-int", "float"])
-def test_every_pixel_format_gives_the_same_digit(tmp_path, kind):
-    grey = draw_seven()
-    reference = seen(grey)
-    a = np.asarray(grey)
-    if kind == "16-bit":
-        img = Image.fromarray(a.astype(np.uint16) * 257)
-        path = save(img, tmp_path / "d.png")
-        assert Image.open(path).mode.startswith("I")
-    elif kind == "palette":
-        path = save(grey.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE), tmp_path / "d.png")
-        assert Image.open(path).mode == "P"
-    elif kind == "gif":
-        path = save(grey.convert("P"), tmp_path / "d.gif")
-    elif kind == "cmyk":
-        path = save(grey.convert("RGB").convert("CMYK"), tmp_path / "d.tiff")
-        assert Image.open(path).mode == "CMYK"
-    elif kind == "1-bit":
-        path = save(grey.convert("1", dither=Image.Dither.NONE), tmp_path / "d.png")
-    elif kind == "rgb-tinted":
-        tint = np.array([255, 230, 190]) / 255.0
-        rgb = (a[..., None] / 255.0 * tint * 255 * 0.9 + 10).astype(np.uint8)
-        path = save(Image.fromarray(rgb, "RGB"), tmp_path / "d.webp", lossless=True)
-    elif kind == "32-bit-int":
-        path = save(Image.fromarray(a.astype(np.int32) * 100, "I"), tmp_path / "d.tiff")
-    else:
-        path = save(Image.fromarray(a.astype(np.float32) / 255, "F"), tmp_path / "d.tiff")
-    assert np.abs(seen(path) - reference).mean() < 0.02
-
-
-def test_uneven_lighting_and_tinted_paper_are_removed(tmp_path):
-    reference = seen(draw_seven())
-    a = np.asarray(draw_seven(), np.float32) / 255
-    ys, xs = np.mgrid[0:300, 0:300] / 300.0
-    light = 0.45 + 0.55 * (0.6 * xs + 0.4 * (1 - ys))  # the far corner gets under half the light
-    paper = np.array([1.0, 0.92, 0.75])
-    rgb = (a[..., None] * paper + (1 - a[..., None]) * 0.12) * light[..., None]
-    path = save(Image.fromarray((rgb * 255).astype(np.uint8)), tmp_path / "lit.jpg", quality=85)
-    assert np.abs(seen(path) - reference).mean() < 0.03
-
-
-def test_isolated_specks_do_not_move_the_digit():
-    img = draw_seven(size=(400, 400), box=(150, 120, 250, 300), width=12)
-    ImageDraw.Draw(img).ellipse([10, 10, 13, 13], fill=0)     # dust in a corner
-    ImageDraw.Draw(img).ellipse([380, 390, 383, 393], fill=0)
-    reference = seen(draw_seven(size=(400, 400), box=(150, 120, 250, 300), width=12))
-    assert np.abs(seen(img) - reference).mean() < 0.01
-
-
-def test_table_around_the_sheet_is_not_taken_for_ink(tmp_path):
-    """A photo of a sheet lying on a dark table: the table shows along the picture's edges,
-    darker than the pen. The digit alone must be read."""
-    sheet = np.asarray(draw_seven(size=(400, 400), box=(150, 110, 250, 290), width=14), np.float32)
-    sheet = 0.25 + 0.65 * sheet / 255  # grey pen on light paper
-    photo = np.full((400, 400), 0.08, np.float32)  # the table
-    photo[40:, 70:360] = sheet[40:, 70:360]  # the sheet covers all but a top strip and the sides
-    path = save(Image.fromarray((photo * 255).astype(np.uint8)), tmp_path / "desk.jpg", quality=90)
-    reference = seen(draw_seven(size=(400, 400), box=(150, 110, 250, 290), width=14))
-    assert np.abs(seen(path) - reference).mean() < 0.03
-
-
-def test_digit_touching_the_border_is_kept(tmp_path):
-    """A tight crop: the digit itself touches the picture's edge and must not be set aside."""
-    img = draw_seven(size=(100, 180), box=(0, 5, 100, 180), width=12)
-    path = save(img, tmp_path / "tight.jpg", quality=75)
-    a = seen(path)
-    assert max(ink_box(a)) in (20, 21)
-    assert np.abs(a - seen(draw_seven(size=(300, 300), box=(100, 60, 200, 235), width=12))).mean() < 0.05
-
-
-def test_thin_strokes_are_thickened_towards_mnist_width():
-    thin = seen(draw_seven(size=(800, 800), box=(250, 150, 550, 650), width=2))
-    normal = seen(draw_seven(size=(800, 800), box=(250, 150, 550, 650), width=60))
-    # A 2-pixel line in a 500-pixel digit would shrink to a trace of grey in 20x20; it must carry
-    # about as much ink as a digit written with a normal pen.
-    assert thin.sum() > 0.7 * normal.sum()
-    assert thin.max() > 0.9
-
-
-@pytest.mark.parametrize("fill", ["white", "black", "grey", "noise"])
-def test_blank_or_uniform_image_raises_no_digit_error(tmp_path, fill):
-    rng = np.random.default_rng(0)
-    if fill == "noise":
-        a = np.clip(rng.normal(200, 8, (200, 300)), 0, 255).astype(np.uint8)
-    else:
-        a = np.full((200, 300), {"white": 255, "black": 0, "grey": 128}[fill], np.uint8)
-    path = save(Image.fromarray(a), tmp_path / f"{fill}.png")
-    with pytest.raises(predict.NoDigitError, match=f"No digit found in .*{fill}.png"):
-        predict.preprocess_image(path)
-
 
 # ---------------------------------------------------------------------------------------------
 # With a model
@@ -451,3 +215,73 @@ def test_show_writes_the_figure_headless(small_model_weights, tmp_path):
         assert img.width > 600 and img.height > 200
         # Not a blank canvas: it holds the input, the 28x28 and the bar chart.
         assert len(np.unique(np.asarray(img.convert("L")))) > 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers
+
+def mnist_number(images, picks, height=84, gap=40, slant=0.0):
+    """MNIST test digits written dark on light paper side by side, as a number: the picture and
+    where each digit's ink starts."""
+    tiles = [255 - np.asarray(Image.fromarray(images[i]).resize((height, height), Image.Resampling.BICUBIC))
+             for i in picks]
+    width = len(tiles) * (height + gap) + gap
+    paper = np.full((2 * height, width), 255, np.uint8)
+    for k, tile in enumerate(tiles):
+        x = gap + k * (height + gap)
+        paper[height // 2:height // 2 + height, x:x + height] = tile
+    img = Image.fromarray(paper)
+    if slant:
+        img = img.transform(img.size, Image.Transform.AFFINE, (1, slant, -slant * img.height / 2, 0, 1, 0),
+                            Image.Resampling.BILINEAR, fillcolor=255)
+    return img
+
+
+@pytest.mark.parametrize("slant", [0.0, -0.25])
+def test_a_number_reads_as_its_digits_do_one_by_one(small_model, tmp_path, mnist_test, slant):
+    """Each digit of a number is found, in order, and read as the model reads that digit in a
+    picture of its own; leading zeros are kept."""
+    images, labels = mnist_test
+    zeros = np.flatnonzero(labels == 0)[:2]
+    others = [i for i in range(40) if labels[i] != 0][:3]
+    picks = list(zeros) + others
+    path = save(mnist_number(images, picks, slant=slant), tmp_path / "number.png")
+    readings = predict.predict_digits(small_model, path)
+    alone = [predict.predict_user_input(small_model, save(mnist_number(images, [i]), tmp_path / f"{i}.png"))
+             for i in picks]
+    assert [r.digit for r in readings] == alone
+    number = predict.predict_number(small_model, path)
+    assert isinstance(number, str) and number == "".join(map(str, alone))
+    lefts = [r.box[0] for r in readings]
+    assert lefts == sorted(lefts)
+    for r in readings:
+        assert len(r.probabilities) == 10 and r.image.shape == (1, 28, 28)
+        assert r.probabilities[r.digit] == max(r.probabilities)
+
+
+def test_cli_reads_a_number_and_says_when_a_picture_holds_several_digits(small_model_weights,
+                                                                        tmp_path, mnist_test):
+    images, _ = mnist_test
+    path = save(mnist_number(images, [0, 1, 2]), tmp_path / "number.png")
+    result = run_cli(path, "--weights", small_model_weights, "--number")
+    assert result.returncode == 0, result.stderr
+    number = predict.predict_number(predict.load_model(small_model_weights), path)
+    assert result.stdout.startswith(f"{path}: {number} (")
+    single = run_cli(path, "--weights", small_model_weights)
+    assert single.returncode == 0 and "it holds 3 digits: use --number" in single.stdout
+    alone = run_cli(save(draw_seven(), tmp_path / "seven.png"), "--weights", small_model_weights)
+    assert "holds" not in alone.stdout
+    shown = run_cli(path, "--weights", small_model_weights, "--number", "--show", cwd=tmp_path)
+    assert shown.returncode == 0 and (tmp_path / "predictions" / "number.png").exists()
+    refused = run_cli(path, "--weights", small_model_weights, "--number", "--top-k", "2")
+    assert refused.returncode == 2 and "does not go with --number" in refused.stderr
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_that_are_not_numbers_are_refused(tmp_path, bad):
+    state = CNN().state_dict()
+    state["fc1.weight"][3, 5] = bad
+    path = tmp_path / "diverged.pt"
+    torch.save(state, path)
+    with pytest.raises(predict.BadWeightsError, match="not numbers"):
+        predict.load_model(path)

@@ -1,9 +1,13 @@
 """Tests of the model, the data pipeline and the training script (mnist_cnn_model.py)."""
+import builtins
+import errno
 import functools
 import gzip
 import hashlib
 import http.server
+import io
 import json
+import math
 import os
 import re
 import shutil
@@ -30,6 +34,23 @@ def reference_net(model):
     """The architecture exactly as specified (ReLU, then pool), sharing the model's weights."""
     return nn.Sequential(model.conv1, nn.ReLU(), nn.MaxPool2d(2), model.conv2, nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), model.fc1, nn.ReLU(), model.fc2)
+
+
+def expected_auto_precision(device):
+    """What --precision auto should pick, found without mnist_cnn_model: bf16 on a GPU with bf16
+    units (compute capability 8.0 and newer) or a CPU whose flags list AMX-BF16 or AVX512-BF16."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.get_device_capability(device) >= (8, 0) else "fp32"
+    if device.type == "cpu" and os.path.exists("/proc/cpuinfo"):
+        flags = set(open("/proc/cpuinfo").read().split())
+        return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
+    return "fp32" if device.type == "mps" else None
+
+
+def restore_signal_handlers():
+    """main() installs its own, to stop cleanly on Ctrl-C; give pytest its own back."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def run_script(repo_root, *args, **kwargs):
@@ -114,6 +135,15 @@ def test_a_corrupted_copy_is_refused_with_a_clear_message(tmp_path, damage):
         m.prepare_mnist(str(tmp_path))
     assert not (raw / "t10k-images-idx3-ubyte").exists()
     assert not list(raw.glob("*.tmp"))
+
+
+def test_a_full_disk_while_unpacking_is_not_called_corruption(tmp_path, disk_full_at):
+    raw = copy_embedded(tmp_path)
+    disk_full_at("t10k-images-idx3-ubyte")
+    with pytest.raises(OSError) as error:
+        m.prepare_mnist(str(tmp_path))
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(raw / "t10k-images-idx3-ubyte")
+    assert not list(raw.glob("*.tmp")) and not (raw / "t10k-images-idx3-ubyte").exists()
 
 
 def test_a_damaged_unpacked_file_is_replaced_from_the_embedded_copy(tmp_path):
@@ -217,16 +247,39 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     path = tmp_path / "weights.pt"
     m.atomic_save({"a": torch.ones(3)}, path)
 
-    def failing_save(obj, f):
-        open(f, "wb").write(b"half a fi")
+    def failing_save(obj, f):  # atomic_save hands torch.save an open file
+        f.write(b"half a fi")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as error:
         m.atomic_save({"a": torch.zeros(3)}, path)
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(path)
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["weights.pt"]
+
+
+class CountingProgress:
+    def __init__(self):
+        self.images = 0
+
+    def update(self, n):
+        self.images += n
+
+    def set_postfix(self, **kwargs):
+        pass
+
+
+def test_a_diverging_epoch_stops_within_50_batches(mnist_train_set):
+    torch.manual_seed(0)
+    model = CNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e20)  # the weights overflow after one step
+    progress = CountingProgress()
+    x, y = mnist_train_set[0][:64 * 200], mnist_train_set[1][:64 * 200]
+    loss = m.train_epoch(model, optimizer, x, y, 64, torch.Generator().manual_seed(0), progress=progress)
+    assert not math.isfinite(loss)
+    assert progress.images == 64 * 50  # stopped at the first look, not after 200 batches
 
 
 def test_second_stop_request_exits_at_once(monkeypatch):
@@ -239,6 +292,78 @@ def test_second_stop_request_exits_at_once(monkeypatch):
     assert exits == [130]
 
 
+# --- precision ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, native", [
+    ({"avx2": True, "fma3": True}, False),
+    ({"avx512_f": True, "avx512_bw": True, "avx512_bf16": False}, False),  # AVX-512 alone only emulates bf16
+    ({"avx512_f": True, "avx512_bf16": True}, True),
+    ({"amx_tile": True, "amx_bf16": True}, True),
+])
+def test_auto_precision_picks_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch, flags, native):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    assert m.native_bf16(torch.device("cpu")) is native
+
+
+def test_auto_precision_on_this_machine():
+    cpu = torch.device("cpu")
+    if expected_auto_precision(cpu) is None:
+        pytest.skip("no /proc/cpuinfo to check against")
+    assert m.native_bf16(cpu) == (expected_auto_precision(cpu) == "bf16")
+
+
+def test_auto_precision_reads_proc_cpuinfo_where_torch_does_not_tell(monkeypatch):
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo")
+    monkeypatch.delattr(torch.cpu, "get_capabilities")
+    real_open = builtins.open
+    for line, native in [("flags\t: fpu avx2 avx512f avx512_bf16 sse\n", True),
+                         ("flags\t: fpu avx2 amx_tile amx_bf16\n", True), ("flags\t: fpu avx2 fma\n", False)]:
+        monkeypatch.setattr(builtins, "open", lambda f, *a, **k: io.StringIO(line) if f == "/proc/cpuinfo"
+                            else real_open(f, *a, **k))
+        assert m.native_bf16(torch.device("cpu")) is native
+
+
+def test_resume_keeps_the_precision_the_run_started_with(tmp_path):
+    config = dict(m.TRAINING_DEFAULTS, precision="bf16", weights=str(tmp_path / "w.pt"))
+    torch.save({"config": config}, tmp_path / "checkpoint.pt")
+    assert m.parse_args(["--resume", str(tmp_path), "--device", "cpu"])[0]["precision"] == "bf16"
+    del config["precision"]  # a checkpoint from before --precision: those runs were fp32
+    torch.save({"config": config}, tmp_path / "checkpoint.pt")
+    assert m.parse_args(["--resume", str(tmp_path), "--device", "cpu"])[0]["precision"] == "fp32"
+
+
+def bf16_run(images, labels, seed):
+    torch.manual_seed(seed)
+    model = CNN().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    loss = m.train_epoch(model, optimizer, images, labels, 64, torch.Generator().manual_seed(seed), precision="bf16")
+    return model, optimizer, loss
+
+
+def test_bf16_training_lowers_the_loss_keeps_fp32_weights_and_repeats_exactly(mnist_train_set, mnist_test_set):
+    """bf16 is emulated, and slow, on a CPU without AMX or AVX512-BF16: a small subset."""
+    x, y = mnist_train_set[0][:640], mnist_train_set[1][:640]
+    test_x, test_y = mnist_test_set[0][:500], mnist_test_set[1][:500]
+    torch.manual_seed(2)
+    loss_before, _, _ = m.evaluate(CNN().to(memory_format=torch.channels_last), test_x, test_y, precision="bf16")
+    model, optimizer, loss = bf16_run(x, y, seed=2)
+    loss_after, correct, _ = m.evaluate(model, test_x, test_y, precision="bf16")
+    assert loss_before > 2.0 and loss_after < loss_before - 0.5 and correct / 500 > 0.5
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(v.dtype == torch.float32 for state in optimizer.state.values() for k, v in state.items() if k != "step")
+
+    again, _, loss_again = bf16_run(x, y, seed=2)
+    assert loss_again == loss
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    # and bf16 really ran: fp32 from the same start ends elsewhere
+    torch.manual_seed(2)
+    fp32 = CNN().to(memory_format=torch.channels_last)
+    m.train_epoch(fp32, torch.optim.Adam(fp32.parameters(), lr=1e-3, fused=True), x, y, 64,
+                  torch.Generator().manual_seed(2))
+    assert not torch.equal(fp32.conv2.weight, model.conv2.weight)
+
+
 # --- the command line --------------------------------------------------------------------------
 
 def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
@@ -248,7 +373,10 @@ def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
                      "--weights", str(weights))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert re.fullmatch(r"Epoch 1/2: loss \d+\.\d{4}, test loss .*", lines[0])
+    device = m.pick_device()
+    precision = expected_auto_precision(device) or ("bf16" if "bf16" in lines[0] else "fp32")
+    assert lines[0] == f"Training on {device} in {'bf16 mixed precision' if precision == 'bf16' else 'fp32'}"
+    assert re.fullmatch(r"Epoch 1/2: loss \d+\.\d{4}, test loss .*", lines[1])
     match = re.fullmatch(r"Test accuracy: (\d+\.\d\d)% \((\d+)/10000\)", lines[-1])
     assert match and float(match[1]) > 80 and int(match[2]) == round(float(match[1]) * 100)
 
@@ -257,9 +385,11 @@ def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
     info = json.loads(weights.with_suffix(".json").read_text())
     assert info["config"]["limit"] == 2000 and info["test_accuracy"] == float(match[1])
     assert info["data_sha256"] == m.MNIST_FILES and info["torch"] == torch.__version__
+    assert info["precision"] == info["config"]["precision"] == precision
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["finished"] and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert metrics["precision"] == metrics["config"]["precision"] == precision
     assert metrics["correct"] == int(match[2]) and sum(map(sum, metrics["confusion_matrix"])) == 10000
     assert set(metrics["per_class_accuracy"]) == {str(d) for d in range(10)}
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
@@ -282,7 +412,7 @@ def test_the_same_seed_gives_identical_weights_and_metrics(tmp_path, repo_root):
     for name in ("a", "b"):
         m.main(["--limit", "1500", "--epochs", "2", "--seed", "7", "--device", "cpu", "--run-dir", str(tmp_path / name),
                 "--weights", str(tmp_path / f"{name}.pt")])
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # main() installed its own
+        restore_signal_handlers()
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
         for epoch in metrics["epochs"]:
             del epoch["seconds"]
@@ -321,6 +451,120 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, repo_root):
     assert resumed.stdout.splitlines()[-1] == ref.stdout.splitlines()[-1]
 
 
+def test_a_diverging_run_stops_with_one_sentence_and_writes_no_weights(tmp_path, repo_root):
+    run_dir, weights = tmp_path / "run", tmp_path / "w.pt"
+    weights.write_bytes(b"the user's previous weights")
+    out = run_script(repo_root, "--lr", "1e20", "--limit", "640", "--epochs", "2", "--seed", "4", "--device", "cpu",
+                     "--run-dir", str(run_dir), "--weights", str(weights))
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"Error: training diverged in epoch 1 (the loss became NaN or infinite), so no weights were written and "
+        f"{run_dir}/checkpoint.pt still holds the run as it was before epoch 1; start again with a lower --lr than 1e+20.")
+    assert "Epoch 1/2" not in out.stdout
+    assert weights.read_bytes() == b"the user's previous weights" and not (tmp_path / "w.json").exists()
+    # The checkpoint is the last good state: the untrained model of seed 4, before any step.
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["history"] == []
+    torch.manual_seed(4)
+    initial = CNN().state_dict()
+    assert all(torch.equal(checkpoint["model"][k], initial[k]) for k in initial)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt"]
+
+
+class NearlyFullDisk(io.FileIO):
+    """A file on a disk with `room` bytes left: the write that reaches the end fails with ENOSPC
+    after writing what fits, as on a real full disk."""
+    room = 1000
+
+    def write(self, data):
+        n = min(len(data), self.room)
+        if n == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= n
+        return super().write(bytes(data[:n]))
+
+
+@pytest.fixture
+def disk_full_at(monkeypatch):
+    """disk_full_at(name, nth): the nth time a file called name is written (through its temporary
+    name), the disk is nearly full. Every writer of the run (torch.save, json, matplotlib) opens
+    its files with builtins.open."""
+    real_open = builtins.open
+
+    def install(name, nth=1):
+        seen = []
+
+        def fake_open(file, mode="r", *args, **kwargs):
+            base = os.path.basename(file) if isinstance(file, (str, os.PathLike)) else ""
+            if "w" in mode and base.startswith(name + ".") and base.endswith(".tmp"):
+                seen.append(base)
+                if len(seen) == nth:
+                    buffered = io.BufferedWriter(NearlyFullDisk(file, "w"))
+                    return buffered if "b" in mode else io.TextIOWrapper(buffered, encoding=kwargs.get("encoding"))
+            return real_open(file, mode, *args, **kwargs)
+        monkeypatch.setattr(builtins, "open", fake_open)
+        return seen
+    yield install
+    restore_signal_handlers()
+
+
+@pytest.fixture(scope="module")
+def reference_weights(tmp_path_factory, repo_root):
+    """The weights of an uninterrupted run with DISK_FULL_FLAGS."""
+    tmp = tmp_path_factory.mktemp("reference")
+    m.main([*DISK_FULL_FLAGS, "--data-dir", os.path.join(repo_root, "data"), "--run-dir", str(tmp / "run"),
+            "--weights", str(tmp / "w.pt")])
+    restore_signal_handlers()
+    return torch.load(tmp / "w.pt", weights_only=True)
+
+
+DISK_FULL_FLAGS = ["--limit", "640", "--epochs", "1", "--seed", "5", "--device", "cpu", "--precision", "fp32"]
+
+
+@pytest.mark.parametrize("name, nth, where", [
+    ("checkpoint.pt", 1, "run"),  # the first one, before training: nothing to resume yet
+    ("checkpoint.pt", 2, "run"),  # after epoch 1
+    ("metrics.json", 1, "run"),
+    ("curves.png", 1, "run"),
+    ("w.pt", 1, "out"),
+    ("w.json", 1, "out"),
+])
+def test_a_full_disk_is_one_sentence_leaves_nothing_half_written_and_the_run_continues(
+        tmp_path, repo_root, monkeypatch, disk_full_at, reference_weights, name, nth, where):
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    weights = out / "w.pt"
+    weights.write_bytes(b"the user's previous weights")
+    flags = [*DISK_FULL_FLAGS, "--data-dir", os.path.join(repo_root, "data"), "--run-dir", str(run_dir),
+             "--weights", str(weights)]
+    seen = disk_full_at(name, nth)
+    with pytest.raises(SystemExit) as exit_info:
+        m.main(flags)
+    assert len(seen) == nth
+    message = exit_info.value.code  # a string: Python prints it and exits with status 1
+    resumable = (run_dir / "checkpoint.pt").exists()
+    assert resumable == (name != "checkpoint.pt" or nth > 1)
+    then = f"continue with: python mnist_cnn_model.py --resume {run_dir}" if resumable else "run the same command again"
+    assert message == (f"Error: no space left on device in {tmp_path / where}/ while saving {name} "
+                       f"(the files already there are intact); free some space, then {then}.")
+    assert not list(tmp_path.rglob("*.tmp"))
+    if name == "w.json":  # the weights went in just before
+        assert torch.equal(torch.load(weights, weights_only=True)["fc2.bias"], reference_weights["fc2.bias"])
+    else:
+        assert weights.read_bytes() == b"the user's previous weights"
+    if resumable:
+        checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        assert len(checkpoint["history"]) == (0 if name == "checkpoint.pt" else 1)
+
+    # Doing what the sentence says, once there is room again, ends as an uninterrupted run would.
+    monkeypatch.undo()
+    m.main(["--resume", str(run_dir)] if resumable else flags)
+    state = torch.load(weights, weights_only=True)
+    assert all(torch.equal(state[k], reference_weights[k]) for k in reference_weights)
+    assert json.loads((out / "w.json").read_text())["precision"] == "fp32"
+    assert json.loads((run_dir / "metrics.json").read_text())["finished"]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--epochs", "-1"], "--epochs must be at least 1"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
@@ -332,6 +576,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, repo_root):
     (["--epochs", "ten"], "invalid int value"),
     (["--schedule", "step"], "invalid choice: 'step'"),
     (["--resume", "{tmp}", "--lr", "0.01"], "drop --lr"),
+    (["--precision", "fp16"], "invalid choice: 'fp16'"),
+    (["--resume", "{tmp}", "--precision", "fp32"], "drop --precision"),
 ])
 def test_bad_flags_get_one_line_before_any_work(tmp_path, repo_root, flags, message):
     (tmp_path / "file").write_text("a file, not a folder")
@@ -347,6 +593,26 @@ def test_bad_flags_get_one_line_before_any_work(tmp_path, repo_root, flags, mess
 def test_unavailable_cuda_is_a_clear_error(tmp_path, repo_root):
     out = run_script(repo_root, "--device", "cuda", "--run-dir", str(tmp_path / "run"))
     assert out.returncode == 2 and "--device cuda is not available on this machine" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_bf16_run_records_its_precision_and_resume_keeps_it(tmp_path, repo_root):
+    """About a minute on a CPU without AMX or AVX512-BF16, where bf16 is emulated: evaluating the
+    10,000 test digits alone takes 20 s there."""
+    run_dir, weights = tmp_path / "run", tmp_path / "w.pt"
+    out = run_script(repo_root, "--precision", "bf16", "--limit", "320", "--epochs", "1", "--device", "cpu",
+                     "--run-dir", str(run_dir), "--weights", str(weights))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "Training on cpu in bf16 mixed precision"
+    metrics, info = json.loads((run_dir / "metrics.json").read_text()), json.loads(weights.with_suffix(".json").read_text())
+    assert metrics["precision"] == metrics["config"]["precision"] == info["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in torch.load(weights, weights_only=True).values())
+
+    resumed = run_script(repo_root, "--resume", str(run_dir), "--device", "cpu")
+    assert resumed.returncode == 0, resumed.stderr
+    lines = resumed.stdout.splitlines()
+    assert lines[0].startswith("Resuming") and lines[1] == "Training on cpu in bf16 mixed precision"
+    assert lines[-1] == out.stdout.splitlines()[-1]  # the same bf16 evaluation of the same weights
 
 
 @pytest.mark.slow

@@ -1,0 +1,331 @@
+"""Tests of preprocess.py: each step of turning a picture into the model's 28x28 input, on images
+drawn here, and the errors for pictures with nothing to read. No model is needed."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import preprocess  # conftest.py puts the repository root on sys.path
+from mnist_cnn_model import MNIST_MEAN, MNIST_STD
+from drawing import centre_of_mass, draw_seven, ink_box, save, seen
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing: the MNIST recipe, step by step
+
+def test_output_is_normalised_28x28_white_ink_on_black():
+    t = preprocess.preprocess_image(draw_seven())
+    assert t.shape == (1, 28, 28) and t.dtype == torch.float32
+    a = t[0].numpy() * MNIST_STD + MNIST_MEAN
+    assert a[0, 0] == pytest.approx(0, abs=1e-5)  # background is black
+    assert a.max() == pytest.approx(1, abs=0.05)  # solid ink is white
+    assert float(t.min()) == pytest.approx(-MNIST_MEAN / MNIST_STD, abs=1e-4)
+
+
+def test_polarity_dark_on_light_and_light_on_dark_give_the_same_digit():
+    dark_on_light = seen(draw_seven(ink=0, paper=255))
+    light_on_dark = seen(draw_seven(ink=255, paper=0))
+    grey_on_grey = seen(draw_seven(ink=60, paper=190))
+    assert np.abs(dark_on_light - light_on_dark).mean() < 0.01
+    assert np.abs(dark_on_light - grey_on_grey).mean() < 0.02
+
+
+@pytest.mark.parametrize("box", [(10, 10, 60, 100), (200, 150, 290, 290), (120, 20, 140, 60),
+                                 (20, 30, 280, 290)])
+def test_off_centre_any_size_is_fitted_to_20x20_and_centred_by_mass(box):
+    drawn = draw_seven(box=box, width=max(2, (box[3] - box[1]) // 12))
+    a = seen(drawn)
+    cy, cx = centre_of_mass(a)
+    assert abs(cy - 14) < 0.6 and abs(cx - 14) < 0.6
+    h, w = ink_box(a)
+    assert max(h, w) in (20, 21)  # 20 plus at most one pixel of anti-aliased edge
+    drawn_h, drawn_w = ink_box(255 - np.asarray(drawn, np.float32), level=128)
+    assert w / h == pytest.approx(drawn_w / drawn_h, abs=0.12)  # aspect ratio kept
+
+
+def test_tiny_digit_in_a_large_picture_is_found_and_enlarged():
+    a = seen(draw_seven(size=(800, 600), box=(500, 400, 508, 412), width=2))
+    assert max(ink_box(a)) in (20, 21)
+    assert abs(centre_of_mass(a)[0] - 14) < 0.6
+
+
+def test_huge_image_is_scaled_down_first(tmp_path):
+    img = draw_seven(size=(6000, 4500), box=(1000, 800, 3000, 4000), width=200)
+    path = save(img, tmp_path / "huge.png")
+    small = seen(draw_seven(size=(600, 450), box=(100, 80, 300, 400), width=20))
+    assert np.abs(seen(path) - small).mean() < 0.02
+    assert max(preprocess.open_image(path).size) <= preprocess.MAX_SIDE
+    seen(img)  # a caller's own PIL image is read, never shrunk in place
+    assert img.size == (6000, 4500)
+
+
+def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
+    path = save(draw_seven(size=(400, 400)), tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 400x400 is > 2x that: refused
+    with pytest.raises(preprocess.NotAnImageError, match="big.png"):
+        preprocess.preprocess_image(path)
+
+
+def test_strokes_on_a_transparent_background_read_as_ink(tmp_path):
+    reference = seen(draw_seven())
+    stroke = np.asarray(draw_seven(ink=255, paper=0))  # 255 where the pen went
+    for colour, hidden in [((0, 0, 0), 0), ((255, 255, 255), 255), ((20, 40, 200), 0),
+                           ((0, 0, 0), 255)]:
+        rgba = np.zeros(stroke.shape + (4,), np.uint8)
+        rgba[..., :3] = np.where(stroke[..., None] > 0, colour, hidden)
+        rgba[..., 3] = stroke
+        path = save(Image.fromarray(rgba, "RGBA"), tmp_path / "canvas.png")
+        assert np.abs(seen(path) - reference).mean() < 0.01, (colour, hidden)
+    la = Image.merge("LA", [Image.new("L", (300, 300), 0), Image.fromarray(stroke)])
+    assert np.abs(seen(save(la, tmp_path / "la.png")) - reference).mean() < 0.01
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    upright = draw_seven(size=(300, 200), box=(100, 20, 180, 180)).convert("RGB")
+    reference = seen(save(upright, tmp_path / "upright.jpg", quality=95))
+    # A camera held sideways stores the pixels rotated and says so in the EXIF orientation tag
+    # (6: rotate 90 degrees clockwise to display).
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = save(stored, tmp_path / "sideways.jpg", quality=95, exif=exif.tobytes())
+    assert np.abs(seen(path) - reference).mean() < 0.02
+    # Without the tag the digit would be read lying on its side: the test can tell the difference.
+    plain = save(stored, tmp_path / "no_tag.jpg", quality=95)
+    assert np.abs(seen(plain) - reference).mean() > 0.05
+
+
+@pytest.mark.parametrize("kind", ["16-bit", "palette", "gif", "cmyk", "1-bit", "rgb-tinted",
+                                  "32-bit-int", "float"])
+def test_every_pixel_format_gives_the_same_digit(tmp_path, kind):
+    grey = draw_seven()
+    reference = seen(grey)
+    a = np.asarray(grey)
+    if kind == "16-bit":
+        img = Image.fromarray(a.astype(np.uint16) * 257)
+        path = save(img, tmp_path / "d.png")
+        assert Image.open(path).mode.startswith("I")
+    elif kind == "palette":
+        path = save(grey.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE), tmp_path / "d.png")
+        assert Image.open(path).mode == "P"
+    elif kind == "gif":
+        path = save(grey.convert("P"), tmp_path / "d.gif")
+    elif kind == "cmyk":
+        path = save(grey.convert("RGB").convert("CMYK"), tmp_path / "d.tiff")
+        assert Image.open(path).mode == "CMYK"
+    elif kind == "1-bit":
+        path = save(grey.convert("1", dither=Image.Dither.NONE), tmp_path / "d.png")
+    elif kind == "rgb-tinted":
+        tint = np.array([255, 230, 190]) / 255.0
+        rgb = (a[..., None] / 255.0 * tint * 255 * 0.9 + 10).astype(np.uint8)
+        path = save(Image.fromarray(rgb, "RGB"), tmp_path / "d.webp", lossless=True)
+    elif kind == "32-bit-int":
+        path = save(Image.fromarray(a.astype(np.int32) * 100, "I"), tmp_path / "d.tiff")
+    else:
+        path = save(Image.fromarray(a.astype(np.float32) / 255, "F"), tmp_path / "d.tiff")
+    assert np.abs(seen(path) - reference).mean() < 0.02
+
+
+def test_uneven_lighting_and_tinted_paper_are_removed(tmp_path):
+    reference = seen(draw_seven())
+    a = np.asarray(draw_seven(), np.float32) / 255
+    ys, xs = np.mgrid[0:300, 0:300] / 300.0
+    light = 0.45 + 0.55 * (0.6 * xs + 0.4 * (1 - ys))  # the far corner gets under half the light
+    paper = np.array([1.0, 0.92, 0.75])
+    rgb = (a[..., None] * paper + (1 - a[..., None]) * 0.12) * light[..., None]
+    path = save(Image.fromarray((rgb * 255).astype(np.uint8)), tmp_path / "lit.jpg", quality=85)
+    assert np.abs(seen(path) - reference).mean() < 0.03
+
+
+def test_isolated_specks_do_not_move_the_digit():
+    img = draw_seven(size=(400, 400), box=(150, 120, 250, 300), width=12)
+    ImageDraw.Draw(img).ellipse([10, 10, 13, 13], fill=0)     # dust in a corner
+    ImageDraw.Draw(img).ellipse([380, 390, 383, 393], fill=0)
+    reference = seen(draw_seven(size=(400, 400), box=(150, 120, 250, 300), width=12))
+    assert np.abs(seen(img) - reference).mean() < 0.01
+
+
+def test_table_around_the_sheet_is_not_taken_for_ink(tmp_path):
+    """A photo of a sheet lying on a dark table: the table shows along the picture's edges,
+    darker than the pen. The digit alone must be read."""
+    sheet = np.asarray(draw_seven(size=(400, 400), box=(150, 110, 250, 290), width=14), np.float32)
+    sheet = 0.25 + 0.65 * sheet / 255  # grey pen on light paper
+    photo = np.full((400, 400), 0.08, np.float32)  # the table
+    photo[40:, 70:360] = sheet[40:, 70:360]  # the sheet covers all but a top strip and the sides
+    path = save(Image.fromarray((photo * 255).astype(np.uint8)), tmp_path / "desk.jpg", quality=90)
+    reference = seen(draw_seven(size=(400, 400), box=(150, 110, 250, 290), width=14))
+    assert np.abs(seen(path) - reference).mean() < 0.03
+
+
+def test_digit_touching_the_border_is_kept(tmp_path):
+    """A tight crop: the digit itself touches the picture's edge and must not be set aside."""
+    img = draw_seven(size=(100, 180), box=(0, 5, 100, 180), width=12)
+    path = save(img, tmp_path / "tight.jpg", quality=75)
+    a = seen(path)
+    assert max(ink_box(a)) in (20, 21)
+    assert np.abs(a - seen(draw_seven(size=(300, 300), box=(100, 60, 200, 235), width=12))).mean() < 0.05
+
+
+def test_thin_strokes_are_thickened_towards_mnist_width():
+    thin = seen(draw_seven(size=(800, 800), box=(250, 150, 550, 650), width=2))
+    normal = seen(draw_seven(size=(800, 800), box=(250, 150, 550, 650), width=60))
+    # A 2-pixel line in a 500-pixel digit would shrink to a trace of grey in 20x20; it must carry
+    # about as much ink as a digit written with a normal pen.
+    assert thin.sum() > 0.7 * normal.sum()
+    assert thin.max() > 0.9
+
+
+@pytest.mark.parametrize("fill", ["white", "black", "grey", "noise"])
+def test_blank_or_uniform_image_raises_no_digit_error(tmp_path, fill):
+    rng = np.random.default_rng(0)
+    if fill == "noise":
+        a = np.clip(rng.normal(200, 8, (200, 300)), 0, 255).astype(np.uint8)
+    else:
+        a = np.full((200, 300), {"white": 255, "black": 0, "grey": 128}[fill], np.uint8)
+    path = save(Image.fromarray(a), tmp_path / f"{fill}.png")
+    with pytest.raises(preprocess.NoDigitError, match=f"No digit found in .*{fill}.png"):
+        preprocess.preprocess_image(path)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (1, 60), (60, 1), (2, 40)])
+def test_pictures_too_small_to_hold_a_digit_raise_no_digit_error(size):
+    with pytest.raises(preprocess.NoDigitError, match=f"only {size[0]}x{size[1]} pixels"):
+        preprocess.preprocess_image(Image.new("L", size, 0))
+
+
+@pytest.mark.parametrize("pixels", [
+    [[0, 255, 0], [255, 0, 255], [0, 255, 0]],  # a 3x3 checkerboard
+    [[255] * 5, [255, 255, 0, 255, 255], [255] * 5],  # one dark pixel
+    [[255, 255, 255, 255], [255, 200, 200, 255], [255, 255, 255, 255]],  # a faint smudge
+    [[0] * 9, [255] * 9, [0] * 9],  # a line across the whole picture
+])
+def test_degenerate_pictures_give_a_digit_or_one_error_and_no_warnings(pixels):
+    """Whatever little a picture holds, the answer is a 28x28 input or NoDigitError: never a
+    numpy warning (a division by zero in the centre of mass) or another exception."""
+    image = Image.fromarray(np.array(pixels, np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            assert preprocess.preprocess_image(image).shape == (1, 28, 28)
+        except preprocess.NoDigitError:
+            pass
+
+
+def test_a_tightly_cropped_digit_made_of_two_strokes_keeps_both():
+    """A 4 written in two strokes and cropped so that both touch the picture's edges: neither
+    may be taken for a table or shadow along the border and cut away."""
+    def four(size, box):
+        img = Image.new("L", size, 255)
+        draw = ImageDraw.Draw(img)
+        left, top, right, bottom = box
+        mid = top + (bottom - top) * 0.6
+        draw.line([(left + 20, top), (left, mid), (right, mid)], fill=0, width=14)
+        draw.line([(left + (right - left) * 0.7, top + 10), (left + (right - left) * 0.7, bottom)],
+                  fill=0, width=14)
+        return img
+    reference = seen(four((300, 300), (80, 50, 200, 250)))
+    tight = seen(four((130, 200), (6, 0, 124, 200)))
+    assert np.abs(tight - reference).mean() < 0.04
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers: which pieces of ink make one digit
+
+def write(draw, digit, left, top, size, width=10):
+    """A digit drawn in strokes that need not touch: 1, 4 (its stem lifted off below the bar), 5
+    (the bar floats a little above and aside), 7 (broken below its bar) and 0."""
+    s = size
+    def line(*points):
+        draw.line([(left + x * s, top + y * s) for x, y in points], fill=0, width=width, joint="curve")
+    if digit == 1:
+        line((0.35, 0), (0.3, 1))
+    elif digit == 4:
+        line((0.3, 0), (0.05, 0.6), (0.6, 0.6))
+        line((0.45, 0.7), (0.45, 1))
+    elif digit == 5:
+        line((0.15, 0.05), (0.6, 0.0))
+        line((0.12, 0.15), (0.1, 0.45), (0.45, 0.42), (0.6, 0.7), (0.4, 0.98), (0.05, 0.9))
+    elif digit == 7:
+        line((0.0, 0.0), (0.6, 0.0), (0.45, 0.45))
+        line((0.4, 0.58), (0.25, 1))
+    elif digit == 0:
+        draw.ellipse([left, top, left + 0.6 * s, top + s], outline=0, width=width)
+
+
+def number_picture(digits, size=100, gap=45, slant=0.0, canvas=None):
+    """The digits written left to right on white paper, optionally sheared by slant (dx per dy,
+    the tops leaning right when negative); returns the picture and each digit's left edge."""
+    width = len(digits) * (int(0.6 * size) + gap) + 2 * gap
+    img = Image.new("L", canvas or (width, 2 * size), 255)
+    draw = ImageDraw.Draw(img)
+    lefts = []
+    for i, d in enumerate(digits):
+        left = gap + i * (int(0.6 * size) + gap)
+        write(draw, d, left, size // 2, size)
+        lefts.append(left)
+    if slant:
+        img = img.transform(img.size, Image.Transform.AFFINE, (1, slant, -slant * img.height / 2, 0, 1, 0),
+                            Image.Resampling.BILINEAR, fillcolor=255)
+    return img, lefts
+
+
+def groups_of(image):
+    ink = preprocess.read_ink(image)
+    return sorted(preprocess.digit_groups(ink), key=lambda g: g.left)
+
+
+@pytest.mark.parametrize("digit", [4, 5, 7])
+def test_separate_strokes_of_one_digit_stay_one_digit(digit):
+    img, _ = number_picture([digit])
+    assert preprocess.label_pieces(preprocess.read_ink(img).mask)[1] == 2  # two pieces of ink
+    assert len(groups_of(img)) == 1
+
+
+@pytest.mark.parametrize("slant", [0.0, -0.3, 0.3])
+def test_digits_are_found_left_to_right_even_when_slanted(slant):
+    img, lefts = number_picture([4, 5, 7, 1, 0], slant=slant)
+    groups = groups_of(img)
+    assert len(groups) == 5
+    # Each group's box holds the digit written at that place, in order.
+    centres = [(g.box[1].start + g.box[1].stop) / 2 for g in groups]
+    assert centres == sorted(centres)
+    for centre, left in zip(centres, lefts):
+        assert abs(centre - (left + 30)) < 45
+
+
+def test_specks_an_edge_shadow_and_ruled_lines_are_not_digits():
+    img, _ = number_picture([7, 1, 4], canvas=(560, 300))
+    draw = ImageDraw.Draw(img)
+    for x, y in [(20, 30), (500, 260), (300, 20), (150, 280)]:
+        draw.ellipse([x, y, x + 3, y + 3], fill=0)  # dust
+    for y in (48, 152, 256):
+        draw.line([(0, y), (559, y)], fill=90, width=2)  # lined paper
+    a = np.asarray(img, np.float32)
+    a[:, :40] *= np.linspace(0.15, 1.0, 40)[None, :]  # a shadow along the left edge
+    groups = groups_of(Image.fromarray(a.astype(np.uint8)))
+    assert len(groups) == 3
+
+
+def test_one_digit_is_one_digit():
+    for digit in (0, 1, 4, 5, 7):
+        img, _ = number_picture([digit])
+        digits = preprocess.find_digits(img, lambda batch: torch.full((len(batch), 10), 0.1))
+        assert len(digits) == 1
+
+
+def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
+    """Two 0s joined by a pen's trailing stroke are one piece of ink, but two digits: with a
+    model that knows nothing (every digit equally likely) the shape alone must split them."""
+    img = Image.new("L", (300, 200), 255)
+    draw = ImageDraw.Draw(img)
+    draw.ellipse([50, 50, 115, 150], outline=0, width=10)
+    draw.ellipse([123, 50, 188, 150], outline=0, width=10)
+    draw.line([(110, 110), (128, 104)], fill=0, width=3)
+    ink = preprocess.read_ink(img)
+    assert preprocess.label_pieces(ink.mask)[1] == 1
+    digits = preprocess.split_number(ink, lambda batch: torch.full((len(batch), 10), 0.1))
+    assert len(digits) == 2
+    (a0, _, a1, _), (b0, _, b1, _) = digits[0].box, digits[1].box
+    assert b1 > a1
+    assert a0 < b0 and abs(a1 - 116) < 10 and abs(b0 - 122) < 10
