@@ -15,8 +15,8 @@ and CSS and needs no network. The API:
                         400 not an image, 413 too large, 422 no ink, 500 unexpected:
                         {"error": "<one sentence>"}
 
-Every request goes through the same preprocess_image / predict_digits code as predict.py, so the
-page and the command line never disagree about a picture.
+Every request goes through the same preprocess.py / predict.py code as the command line, so the
+page and `python predict.py` never disagree about a picture.
 """
 import argparse
 import errno
@@ -34,6 +34,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
 
 import predict
+import preprocess
 from mnist_cnn_model import MNIST_MEAN, MNIST_STD
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.html")
@@ -73,15 +74,18 @@ def seen_levels(tensor):
 def read_picture(model, data):
     """The answer of POST /api/predict for an image file's bytes (CPU work: run it off the event
     loop). Raises PredictError subclasses for bad pictures."""
-    image = open_upload(data)
-    digit, probabilities = predict.predict_with_probabilities(model, image)
-    readings = predict.predict_digits(model, image)
+    # The ink is found once and read both ways, just as preprocess_image (the whole picture as
+    # one digit) and predict_digits (the number) each read it on their own: half the work.
+    ink = preprocess.read_ink(open_upload(data))
+    probabilities = predict.predict_batch(model, [preprocess.to_mnist(ink.levels, ink.mask,
+                                                                      ink.name)])[0]
+    readings = predict.read_digits(model, ink)
     return {
         "number": "".join(str(r.digit) for r in readings),
         "digits": [{"digit": r.digit, "probabilities": list(r.probabilities), "box": list(r.box),
                     "seen": seen_levels(r.image)} for r in readings],
-        "digit": digit,
-        "probabilities": probabilities,
+        "digit": int(probabilities.argmax()),
+        "probabilities": probabilities.tolist(),
     }
 
 

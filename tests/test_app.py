@@ -143,12 +143,18 @@ def test_photos_in_any_format_pillow_reads_are_read(client, fmt):
 
 
 def test_the_api_reads_a_picture_as_predict_py_does(client, reader_weights, tmp_path):
-    path = tmp_path / "seven.png"
-    path.write_bytes(canvas_png("7"))
-    digit, probabilities = predict.predict_with_probabilities(predict.load_model(reader_weights), path)
+    path = tmp_path / "number.png"
+    path.write_bytes(canvas_png("42"))
+    model = predict.load_model(reader_weights)
+    digit, probabilities = predict.predict_with_probabilities(model, path)
     answer = post(client, path.read_bytes()).json()
     assert answer["digit"] == digit
     assert answer["probabilities"] == pytest.approx(probabilities, abs=1e-6)
+    readings = predict.predict_digits(model, path)
+    assert answer["number"] == predict.predict_number(model, path)
+    for reading, answered in zip(readings, answer["digits"], strict=True):
+        assert answered["digit"] == reading.digit and answered["box"] == list(reading.box)
+        assert answered["probabilities"] == pytest.approx(reading.probabilities, abs=1e-6)
 
 
 @pytest.mark.parametrize("body, text", [
@@ -180,7 +186,7 @@ def test_an_unexpected_failure_is_500_logged_and_the_server_keeps_serving(client
                                                                           caplog):
     def broken(model, image):
         raise RuntimeError("a bug")
-    monkeypatch.setattr(predict, "predict_digits", broken)
+    monkeypatch.setattr(predict, "read_digits", broken)
     assert_one_sentence(post(client, canvas_png("7")), 500, "failed")
     assert "a bug" in caplog.text
     monkeypatch.undo()
@@ -189,7 +195,7 @@ def test_an_unexpected_failure_is_500_logged_and_the_server_keeps_serving(client
 
 def test_prediction_runs_off_the_event_loop(client, monkeypatch):
     threads = []
-    real = predict.predict_digits
+    real = predict.read_digits
 
     def recording(model, image):
         try:
@@ -198,7 +204,7 @@ def test_prediction_runs_off_the_event_loop(client, monkeypatch):
         except RuntimeError:  # no loop runs in this thread: a worker thread
             threads.append("worker")
         return real(model, image)
-    monkeypatch.setattr(predict, "predict_digits", recording)
+    monkeypatch.setattr(predict, "read_digits", recording)
     assert post(client, canvas_png("7")).status_code == 200
     assert threads == ["worker"]
 
