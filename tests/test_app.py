@@ -1,9 +1,10 @@
 """Tests of app.py: the API in-process (FastAPI's test client), the server as a real process on a
 loopback port, and the page in a real headless Chromium drawing with mouse and touch events.
 
-The model must read drawn digits as a user draws them, which the 3000-image model of
-test_predict.py does not (it reads a drawn 4 as a 6): a CNN is trained for one epoch on 20000
-MNIST images with --augment's random distortions, about 10-25 s on 2 cores, once per session.
+The model must read drawn digits as a user draws them, which the 3000-image model of the
+other tests does not (it reads a drawn 4 as a 6): a CNN is trained for one epoch on 20000
+MNIST images with --augment's random distortions, once per session (21-38 s measured on a
+shared, loaded 2-core machine; the whole file took 49-58 s there).
 
     APP_SCREENSHOTS=docs python -m pytest tests/test_app.py -k browser   # refresh docs/app*.png
 """
