@@ -40,17 +40,28 @@ def mnist_test(mnist_test_set):
 
 
 @pytest.fixture(scope="session")
-def small_model_weights(tmp_path_factory, mnist_train_set):
-    """A CNN that really reads digits (about 90% on MNIST), trained in seconds, saved to a file."""
+def train_weights(tmp_path_factory, mnist_train_set):
+    """train_weights(count, augment=False): the path of weights trained for one epoch on the first
+    count MNIST training images, seeded, so every run gets the same model."""
     from mnist_cnn_model import CNN, train_epoch
-    images, labels = mnist_train_set
-    torch.manual_seed(0)
-    model = CNN()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    train_epoch(model, optimizer, images[:3000], labels[:3000], 64, torch.Generator().manual_seed(0))
-    path = tmp_path_factory.mktemp("weights") / "small.pt"
-    torch.save(model.state_dict(), path)
-    return str(path)
+
+    def train(count, augment=False):
+        images, labels = mnist_train_set
+        torch.manual_seed(0)
+        model = CNN()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        train_epoch(model, optimizer, images[:count], labels[:count], 64,
+                    torch.Generator().manual_seed(0), augment=augment)
+        path = tmp_path_factory.mktemp("weights") / f"{count}{'-augment' if augment else ''}.pt"
+        torch.save(model.state_dict(), path)
+        return str(path)
+    return train
+
+
+@pytest.fixture(scope="session")
+def small_model_weights(train_weights):
+    """A CNN that really reads digits (about 90% on MNIST), trained in seconds, saved to a file."""
+    return train_weights(3000)
 
 
 @pytest.fixture(scope="session")

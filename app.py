@@ -1,0 +1,235 @@
+"""
+Draw digits in your browser and watch the model read them as you draw; or ask it over HTTP.
+
+    python app.py                                 # then open http://127.0.0.1:8000/
+    python app.py --weights mnist_cnn.pt --port 8080
+    curl --data-binary @photo.jpg http://127.0.0.1:8000/api/predict
+
+Train first (`python mnist_cnn_model.py`). The page (app.html) is one file with plain JavaScript
+and CSS and needs no network. The API:
+
+    GET  /api/health    {"status": "ok"}
+    POST /api/predict   body: an image file's bytes (any format Pillow reads), at most 10 MB
+                        200 {"number": "42", "digits": [{"digit", "probabilities", "box", "seen"}],
+                             "digit": 4, "probabilities": [ten floats]}
+                        400 not an image, 413 too large, 422 no ink, 500 unexpected:
+                        {"error": "<one sentence>"}
+
+Every request goes through the same preprocess.py / predict.py code as the command line, so the
+page and `python predict.py` never disagree about a picture.
+"""
+import argparse
+import errno
+import io
+import logging
+import os
+import socket
+import sys
+
+import torch
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from PIL import Image, UnidentifiedImageError
+
+import predict
+import preprocess
+from mnist_cnn_model import MNIST_MEAN, MNIST_STD
+
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.html")
+# A phone photo is a few MB; ten is plenty and bounds the memory one request can take.
+MAX_BODY = 10 * 1024 * 1024
+
+log = logging.getLogger("app")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading an uploaded picture
+
+def open_upload(data):
+    """The request body as a PIL image (not yet decoded; predict's open_image does that).
+    Raises NotAnImageError with a sentence a user can act on."""
+    if not data:
+        raise predict.NotAnImageError("The request body is empty: send the bytes of an image file.")
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as error:
+        raise predict.NotAnImageError("The request body is not an image file Pillow can "
+                                      "read.") from error
+    except Image.DecompressionBombError as error:
+        raise predict.NotAnImageError("The image has too many pixels to open safely "
+                                      "(Pillow's decompression-bomb guard).") from error
+    except OSError as error:
+        raise predict.NotAnImageError(f"The image could not be opened ({error}).") from error
+
+
+def seen_levels(tensor):
+    """The normalised 1x28x28 tensor the model read, as 784 grey levels 0-255 row by row: what
+    the page draws so the user sees what the model saw."""
+    grey = (tensor[0] * MNIST_STD + MNIST_MEAN).clamp(0, 1)
+    return (grey * 255).round().to(torch.uint8).flatten().tolist()
+
+
+def read_picture(model, data):
+    """The answer of POST /api/predict for an image file's bytes (CPU work: run it off the event
+    loop). Raises PredictError subclasses for bad pictures."""
+    # The ink is found once and read both ways, just as preprocess_image (the whole picture as
+    # one digit) and predict_digits (the number) each read it on their own: half the work.
+    ink = preprocess.read_ink(open_upload(data))
+    probabilities = predict.predict_batch(model, [preprocess.to_mnist(ink.levels, ink.mask,
+                                                                      ink.name)])[0]
+    readings = predict.read_digits(model, ink)
+    return {
+        "number": "".join(str(r.digit) for r in readings),
+        "digits": [{"digit": r.digit, "probabilities": list(r.probabilities), "box": list(r.box),
+                    "seen": seen_levels(r.image)} for r in readings],
+        "digit": int(probabilities.argmax()),
+        "probabilities": probabilities.tolist(),
+    }
+
+
+def _sentence(error):
+    # predict's messages name "the image" mid-sentence; an answer on its own starts with a capital.
+    text = str(error)
+    return text[:1].upper() + text[1:]
+
+
+def error_response(status, message):
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def too_large():
+    return error_response(413, f"The image is larger than {MAX_BODY // (1024 * 1024)} MB: "
+                               f"send a smaller file.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The web app
+
+def create_app(model):
+    """The FastAPI app serving the page and the API with an already loaded model."""
+    # No /docs or /redoc: FastAPI's pages for them load scripts from a CDN, and this app must
+    # work with no network.
+    app = FastAPI(title="MNIST digit reader", docs_url=None, redoc_url=None)
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(PAGE, media_type="text/html")
+
+    @app.get("/api/health")
+    def health():
+        # The model is loaded before the app exists, so answering at all means ready.
+        return {"status": "ok"}
+
+    @app.post("/api/predict")
+    async def read(request: Request):
+        # Refuse an announced oversize body before reading any of it, and count the bytes of a
+        # chunked one (no Content-Length) as they arrive, so no client can make us hold more.
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+            return too_large()
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return too_large()
+        try:
+            # Preprocessing and the network are CPU work: in a worker thread the event loop
+            # stays free to accept and answer other requests meanwhile.
+            return await run_in_threadpool(read_picture, model, bytes(body))
+        except predict.NoDigitError as error:
+            return error_response(422, _sentence(error))
+        except predict.PredictError as error:
+            return error_response(400, _sentence(error))
+        except Exception:
+            log.exception("Reading a picture failed unexpectedly")
+            return error_response(500, "The server failed to read this picture; the details "
+                                       "are in its log.")
+
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+def listen(host, port):
+    """A socket listening on host:port. Bound here rather than by uvicorn so that a port in use
+    is one sentence and exit 1, and so that --port 0 can print the port the system chose."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise OSError(f"{host} is not a host name or address this machine has.") from error
+    sock = socket.socket(family, kind, proto)
+    # Lets a restarted server take its port back at once instead of after TIME_WAIT; it does
+    # not let two servers listen on the same port.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise OSError(f"Port {port} on {host} is already in use: stop the program using it "
+                          f"or choose another port with --port.") from error
+        raise OSError(f"Cannot listen on {host} port {port}: {error.strerror}.") from error
+    return sock
+
+
+def url_of(sock):
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Serve a page to draw digits on and see them read live, and an HTTP API.")
+    parser.add_argument("--weights", default=predict.DEFAULT_WEIGHTS,
+                        help=f"trained weights from mnist_cnn_model.py (default: "
+                             f"{predict.DEFAULT_WEIGHTS})")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; only this machine can connect to the default "
+                             "(default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000,
+                        help="port to listen on, 0 for any free one (default: 8000)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be between 0 and 65535, not {args.port}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        model = predict.load_model(args.weights)
+    except predict.PredictError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    # Requests are served by several threads at once; one intra-op thread each keeps them from
+    # fighting over the cores (this network reads one image in about a millisecond anyway).
+    torch.set_num_threads(1)
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
+    # uvicorn's access log would print a line for every stroke drawn; warnings and errors only.
+    config = uvicorn.Config(create_app(model), log_level="warning", access_log=False)
+    print(f"Open {url_of(sock)} in your browser to draw digits (Ctrl-C stops the server).",
+          flush=True)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn shuts down cleanly on Ctrl-C, then raises it again for the caller: done.
+        pass
+    print("Server stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C while loading, before the server took over the signal
+        print("Interrupted.", file=sys.stderr)
+        sys.exit(130)

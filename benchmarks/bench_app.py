@@ -1,0 +1,169 @@
+"""
+How fast does app.py read drawings when several people draw at once?
+
+    python benchmarks/bench_app.py --weights mnist_cnn.pt              # 8 clients, 800 requests
+    python benchmarks/bench_app.py --digits 2                          # two-digit numbers
+    python benchmarks/bench_app.py --clients 8 --requests 2000 --seconds 120
+
+Starts app.py as a real process on a free loopback port. Each of CLIENTS threads posts canvas
+drawings as the page does, the next one as soon as the last is answered (a user drawing keeps
+exactly one request in flight), until REQUESTS have been sent in all or SECONDS have passed,
+whichever comes first. The drawings are MNIST *test* digits written dark on a white 480x320
+canvas, as a finger or mouse leaves them. Prints requests per second, the latency's p50, p95 and
+maximum, the errors (anything but a 200), how many answers were the right number, and the machine.
+"""
+import argparse
+import io
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from bench_predict import load_mnist_test  # noqa: E402  (benchmarks/ is the script's folder)
+
+CANVAS = (480, 320)  # the page's drawing pad, in canvas pixels
+
+
+def canvas_drawings(images, labels, digits, count, seed):
+    """count PNGs of `digits` MNIST test digits side by side on the page's canvas, each 150-230
+    pixels high, and the number each shows."""
+    rng = np.random.default_rng(seed)
+    drawings = []
+    for _ in range(count):
+        picks = rng.choice(len(images), digits, replace=False)
+        height = int(rng.integers(150, 231) if digits == 1 else rng.integers(120, 181))
+        canvas = Image.new("L", CANVAS, 255)
+        x = (CANVAS[0] - digits * height) // 2
+        for i in picks:
+            big = Image.fromarray(255 - images[i]).resize((height, height), Image.Resampling.BICUBIC)
+            canvas.paste(big, (x, (CANVAS[1] - height) // 2))
+            x += height
+        buf = io.BytesIO()
+        canvas.convert("RGB").save(buf, "PNG")
+        drawings.append((buf.getvalue(), "".join(str(int(labels[i])) for i in picks)))
+    return drawings
+
+
+def start_server(weights):
+    """app.py on a free loopback port; returns the process and its address."""
+    process = subprocess.Popen([sys.executable, os.path.join(REPO, "app.py"), "--weights", weights,
+                                "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    line = process.stdout.readline()
+    if "http://" not in line:
+        process.wait(timeout=30)
+        sys.exit(f"error: app.py did not start (exit status {process.returncode}).")
+    return process, line.split("Open ")[1].split(" ")[0]
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_clients(url, drawings, clients, requests, seconds):
+    """(latencies in seconds, errors, right answers, wall time): clients threads posting drawings
+    in turn until requests are sent or seconds have passed."""
+    lock = threading.Lock()
+    sent = [0]
+    latencies, errors, right = [], [0], [0]
+    deadline = time.perf_counter() + seconds
+
+    def client():
+        with httpx.Client(timeout=30) as http:
+            while True:
+                with lock:
+                    if sent[0] >= requests or time.perf_counter() >= deadline:
+                        return
+                    body, number = drawings[sent[0] % len(drawings)]
+                    sent[0] += 1
+                start = time.perf_counter()
+                try:
+                    response = http.post(url + "api/predict", content=body)
+                    ok = response.status_code == 200
+                    answer = response.json().get("number") if ok else None
+                except httpx.HTTPError:
+                    ok, answer = False, None
+                elapsed = time.perf_counter() - start
+                with lock:
+                    latencies.append(elapsed)
+                    errors[0] += not ok
+                    right[0] += answer == number
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return np.array(latencies), errors[0], right[0], time.perf_counter() - start
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Latency and throughput of app.py under load.")
+    parser.add_argument("--weights", default="mnist_cnn.pt",
+                        help="trained weights (default: mnist_cnn.pt)")
+    parser.add_argument("--clients", type=int, default=8,
+                        help="concurrent clients, each one request in flight (default: 8)")
+    parser.add_argument("--requests", type=int, default=800,
+                        help="requests in all, at most (default: 800)")
+    parser.add_argument("--seconds", type=float, default=60,
+                        help="stop sending after this long, at most (default: 60)")
+    parser.add_argument("--digits", type=int, default=1, choices=[1, 2, 3],
+                        help="digits per drawing (default: 1)")
+    parser.add_argument("--warmup", type=int, default=16,
+                        help="requests sent first and not counted (default: 16)")
+    parser.add_argument("--data-dir", default=os.path.join(REPO, "data"),
+                        help="MNIST folder (default: data/ in the repository)")
+    parser.add_argument("--seed", type=int, default=0, help="which test digits (default: 0)")
+    args = parser.parse_args(argv)
+    if args.clients < 1 or args.requests < 1 or args.seconds <= 0:
+        parser.error("--clients, --requests and --seconds must be positive")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not os.path.exists(args.weights):
+        sys.exit(f"error: no weights file at {args.weights}: train first with "
+                 f"`python mnist_cnn_model.py`.")
+    images, labels = load_mnist_test(args.data_dir)
+    drawings = canvas_drawings(images, labels, args.digits, 200, args.seed)
+    load_before = os.getloadavg()[0]
+    process, url = start_server(args.weights)
+    try:
+        # The first requests pay for lazy set-up (thread pool, caches): not what a user waits.
+        run_clients(url, drawings, 1, args.warmup, args.seconds)
+        latencies, errors, right, wall = run_clients(url, drawings, args.clients, args.requests,
+                                                     args.seconds)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    ms = 1000 * np.percentile(latencies, [50, 95, 100])
+    kind = "single-digit" if args.digits == 1 else f"{args.digits}-digit"
+    print(f"app.py at {url}, weights {os.path.relpath(args.weights)}: {args.clients} clients "
+          f"posting {kind} {CANVAS[0]}x{CANVAS[1]} canvas PNGs")
+    print(f"requests: {len(latencies)} in {wall:.1f} s, {len(latencies) / wall:.1f} requests/s, "
+          f"errors: {errors}, right number: {right}/{len(latencies)}")
+    print(f"latency: p50 {ms[0]:.1f} ms, p95 {ms[1]:.1f} ms, max {ms[2]:.1f} ms")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"load average before the run {load_before:.2f} (the clients share the machine)")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
