@@ -16,7 +16,8 @@ From Python:
     number = predict_number(model, "meter.jpg")                    # a str, leading zeros kept
     for d in predict_digits(model, "meter.jpg"): print(d.digit, d.box)
 
-Pictures become what MNIST digits look like in preprocess.py. Problems are raised as PredictError
+Pictures become what MNIST digits look like in preprocess.py, and a number is split into its
+digits in segment.py. Problems are raised as PredictError
 subclasses with a one-sentence message: WeightsNotFoundError, BadWeightsError, ImageNotFoundError,
 NotAnImageError and NoDigitError (the image is blank or uniform: nothing to read).
 """
@@ -32,8 +33,8 @@ from PIL import Image
 
 from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD
 from preprocess import (ImageNotFoundError, NoDigitError, NotAnImageError,  # noqa: F401
-                        PredictError, digit_groups, open_image, preprocess_image, read_ink,
-                        split_number, to_mnist)
+                        PredictError, open_image, preprocess_image, read_ink, to_mnist)
+from segment import digit_groups, split_number
 
 # Edit this to point at your own image, then run `python predict.py`.
 image_path = "my_digit.png"

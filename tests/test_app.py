@@ -16,12 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 

@@ -8,6 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import preprocess  # conftest.py puts the repository root on sys.path
+import segment
 from mnist_cnn_model import MNIST_MEAN, MNIST_STD
 from drawing import centre_of_mass, draw_seven, ink_box, save, seen
 
@@ -272,7 +273,7 @@ def number_picture(digits, size=100, gap=45, slant=0.0, canvas=None):
 
 def groups_of(image):
     ink = preprocess.read_ink(image)
-    return sorted(preprocess.digit_groups(ink), key=lambda g: g.left)
+    return sorted(segment.digit_groups(ink), key=lambda g: g.left)
 
 
 @pytest.mark.parametrize("digit", [4, 5, 7])
@@ -316,7 +317,7 @@ def test_one_digit_is_one_digit(sure_of):
         return torch.eye(10)[[sure_of] * len(batch)]
     for digit in (0, 1, 4, 5, 7):
         img, _ = number_picture([digit])
-        assert len(preprocess.find_digits(img, classify)) == 1
+        assert len(segment.find_digits(img, classify)) == 1
 
 
 def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
@@ -329,7 +330,7 @@ def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
     draw.line([(110, 110), (128, 104)], fill=0, width=3)
     ink = preprocess.read_ink(img)
     assert preprocess.label_pieces(ink.mask)[1] == 1
-    digits = preprocess.split_number(ink, lambda batch: torch.eye(10)[[0] * len(batch)])
+    digits = segment.split_number(ink, lambda batch: torch.eye(10)[[0] * len(batch)])
     assert len(digits) == 2
     (a0, _, a1, _), (b0, _, b1, _) = digits[0].box, digits[1].box
     assert b1 > a1

@@ -1,0 +1,323 @@
+"""
+A whole number -> its digits: the ink of a picture (preprocess.read_ink) split into the digits
+written in it, left to right, each as the 28x28 input the model reads.
+
+    from segment import find_digits
+    digits = find_digits("meter.jpg", classify)   # classify: a batch of inputs -> probabilities
+
+Handwriting as people write it: digits of different sizes on a drifting baseline, a common slant,
+digits made of strokes that do not touch, gaps of any width, and digits that touch their
+neighbour. Pieces of ink are grouped into digits along the slant; ink too wide for one digit is
+cut along the cheapest paths through it; the model's confidence, MNIST's digit widths and the ink
+each cut crosses choose the reading (see split_number).
+"""
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from preprocess import NoDigitError, label_pieces, read_ink, stroke_width, to_mnist
+
+
+class Digit(NamedTuple):
+    """One digit found in a picture: box (x0, y0, x1, y1) in the original picture's pixels,
+    x1 and y1 exclusive; tensor, the normalised 1x28x28 the model reads."""
+    box: tuple
+    tensor: torch.Tensor
+
+
+
+def find_digits(image, classify):
+    """The digits of the number written in the picture, left to right, as Digit tuples.
+
+    classify maps a batch of normalised tensors (N x 1 x 28 x 28) to probabilities (N x 10); it
+    chooses where digits that touch are cut. Raises the errors of read_ink."""
+    return split_number(read_ink(image), classify)
+
+
+def split_number(ink, classify):
+    """The digits in ink (an Ink), left to right.
+
+    Handwriting as people write it: pieces of ink one above the other make one digit (see
+    digit_groups); a group too wide for one digit is cut at the thin places of its ink; then, along
+    each run of pieces that overlap or touch, the way of joining them into digits that reads best
+    is chosen (see _choose_digits), so a 5 whose bar floats a little aside stays one 5 and two
+    digits that touch become two."""
+    groups = digit_groups(ink)
+    if not groups:
+        return []
+    line = float(np.median([g.height for g in groups if g.height >= 0.5 * max(x.height for x in groups)]))
+    chains = [_atoms(ink, g, line) for g in groups]
+    sheared = groups[0].sheared
+    digits = []
+    for part in _choose_digits(ink, chains, line, classify):
+        box = ndimage.find_objects(part.astype(np.int8))[0]
+        digits.append((float(sheared[part].mean()), box, part))
+    digits.sort(key=lambda d: d[0])
+    return [Digit(_original_box(box, ink.scale), _tensor_in(ink, part, box))
+            for _, box, part in digits]
+
+
+class Group(NamedTuple):
+    """Pieces of ink taken for one digit (or several that touch): mask (bool, whole picture),
+    box (slices), left and right along the writing, height (rows), sheared (each pixel's
+    position along the writing), slant (dx/dy of the writing)."""
+    mask: np.ndarray
+    box: tuple
+    left: float
+    right: float
+    height: int
+    sheared: np.ndarray
+    slant: float
+
+
+def digit_groups(ink):
+    """The ink's pieces grouped into digits, in no particular order: pieces one above the other,
+    seen along the writing's common slant, make one digit (a 4 in two strokes, a broken 7, a 5
+    whose bar floats); specks far smaller than the digits beside them are left out."""
+    labels, count = label_pieces(ink.mask)
+    if count == 0:
+        return []
+    h, w = ink.mask.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    slant = _common_slant(ink.mask, labels, count)
+    sheared = (xs - slant * (ys - h / 2)).astype(np.float32)
+    ids = np.arange(1, count + 1)
+    left = np.asarray(ndimage.minimum(sheared, labels, ids))
+    right = np.asarray(ndimage.maximum(sheared, labels, ids)) + 1
+    heights = np.array([b[0].stop - b[0].start for b in ndimage.find_objects(labels)])
+    # The height of a digit in this picture: the median of the pieces that are not fragments.
+    height = float(np.median(heights[heights >= 0.5 * heights.max()]))
+    groups = []
+    for members in _group_pieces(left, right, heights < 0.6 * height):
+        mask = np.isin(labels, ids[members])
+        box = ndimage.find_objects(mask.astype(np.int8))[0]
+        group_height = box[0].stop - box[0].start
+        lo, hi = float(left[members].min()), float(right[members].max())
+        if max(group_height, hi - lo) < 0.3 * height:
+            continue  # a speck, a dot or a comma beside digits of full height
+        groups.append(Group(mask, box, lo, hi, group_height, sheared, slant))
+    return groups
+
+
+def _common_slant(mask, labels, count):
+    """How far the writing leans: dx/dy of its strokes (negative when the tops lean right, y
+    growing downwards), from the second moments of each piece about its own centre, so that a
+    drifting baseline between digits does not count as slant. Clipped to 27 degrees."""
+    ys, xs = np.nonzero(mask)
+    lab = labels[ys, xs]
+    n = np.bincount(lab, minlength=count + 1).astype(np.float64)
+    n[0] = 1
+    my = np.bincount(lab, ys, count + 1) / n
+    mx = np.bincount(lab, xs, count + 1) / n
+    dy, dx = ys - my[lab], xs - mx[lab]
+    var_y = float((dy * dy).sum())
+    if var_y <= 0:
+        return 0.0
+    return float(np.clip((dx * dy).sum() / var_y, -0.5, 0.5))
+
+
+def _group_pieces(left, right, short):
+    """Lists of piece indices that make one digit: pieces whose extents along the writing overlap
+    by at least half the narrower one's width, or at all where one of them is short (a floating
+    bar, a fragment of a broken stroke), joined until no more join."""
+    order = np.argsort(left)
+    groups = [[i] for i in order]
+    spans = [(left[i], right[i]) for i in order]
+    merged = True
+    while merged:
+        merged = False
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                (l1, r1), (l2, r2) = spans[a], spans[b]
+                overlap = min(r1, r2) - max(l1, l2)
+                either_short = all(short[groups[a]]) or all(short[groups[b]])
+                if overlap >= 0.5 * min(r1 - l1, r2 - l2) or overlap > 0 and either_short:
+                    groups[a] += groups.pop(b)
+                    spans[a] = (min(l1, l2), max(r1, r2))
+                    spans.pop(b)
+                    merged = True
+                    break
+            if merged:
+                break
+    return [np.array(g) for g in groups]
+
+
+def _atoms(ink, group, line):
+    """(mask, left, right) of the slices a group may be made of, left to right: the whole group
+    when it is narrow enough for one digit; else the slices between cut paths. Each path runs
+    from the top of the group to its bottom, along the writing's slant, through as little ink as
+    it can (so between two digits that touch it finds their contact), from a start at each
+    minimum of the ink's projection along the writing and every CUT_STEP of the line height."""
+    if group.right - group.left <= 0.75 * line:
+        return [(group.mask, group.left, group.right, 0.0)]
+    box = group.box
+    region = group.mask[box]
+    levels = np.where(region, ink.levels[box], 0.0)
+    rows = np.arange(box[0].start, box[0].stop)
+    # Each row moved back by the slant, so that the writing stands upright: column u of row r
+    # is column u + shift[r] of the box.
+    shift = np.round(group.slant * (rows - ink.mask.shape[0] / 2)).astype(int)
+    shift -= shift.min()
+    width = region.shape[1] + shift.max()
+    upright = np.zeros((region.shape[0], width))
+    for r, s in enumerate(shift):
+        upright[r, width - region.shape[1] - s:width - s] = levels[r]
+    offset = width - region.shape[1] - shift  # u = x + offset[r]
+    cuts = _cut_starts(upright.sum(axis=0), line)
+    paths = [np.zeros(len(rows), int)]
+    for c in cuts:
+        paths.append(np.maximum(_cheapest_path(upright, c, max(2, int(REACH * line))), paths[-1]))
+    paths.append(np.full(len(rows), width))
+    # What a cut costs: the ink it crosses, in strokes (a stroke's width of solid ink).
+    pen = max(stroke_width(region), 1.0) * float(np.median(levels[region]))
+    crossed = [float(upright[np.arange(len(rows)), np.minimum(path, width - 1)].sum()) / pen
+               for path in paths[:-1]]
+    crossed[0] = 0.0
+    u = np.arange(region.shape[1])[None, :] + offset[:, None]
+    atoms = []
+    for a, b, cut in zip(paths, paths[1:], crossed):
+        part = region & (u >= a[:, None]) & (u < b[:, None])
+        if part.sum() < 3:
+            continue
+        full = np.zeros(ink.mask.shape, bool)
+        full[box] = part
+        along = group.sheared[box][part]
+        atoms.append((full, float(along.min()), float(along.max()) + 1, cut))
+    return atoms
+
+
+CUT_STEP = 0.15
+# How far, in line heights, a cut path may wander from its start to go round a neighbour's stroke.
+REACH = 0.35
+
+
+def _cut_starts(profile, line):
+    """Columns to start cut paths at: the minima of the projection, then every CUT_STEP of the
+    line height where no minimum is near, never closer than a tenth of the height to an end."""
+    smooth = ndimage.uniform_filter1d(profile, max(1, int(0.05 * line)), mode="constant")
+    margin = max(1, int(0.1 * line))
+    window = ndimage.minimum_filter1d(smooth, 2 * margin + 1, mode="nearest")
+    inked = np.flatnonzero(profile > 0)
+    lo, hi = inked[0] + margin, inked[-1] + 1 - margin
+    cuts = []
+    for i in sorted((i for i in range(lo, hi) if smooth[i] == window[i]), key=lambda i: smooth[i]):
+        if all(abs(i - c) >= margin for c in cuts):
+            cuts.append(i)
+    step = max(1, int(CUT_STEP * line))
+    cuts += [i for i in range(lo, hi, step) if all(abs(i - c) >= margin for c in cuts)]
+    return sorted(cuts)
+
+
+def _cheapest_path(cost, start, reach):
+    """For each row of cost, the column of a path from top to bottom that stays within reach of
+    column start, moves at most one column a row, and crosses the least cost."""
+    h, w = cost.shape
+    lo, hi = max(0, start - reach), min(w, start + reach + 1)
+    band = cost[:, lo:hi] + 1e-3 * np.abs(np.arange(lo, hi) - start)  # straight when it is free
+    total = band[0].copy()
+    step = np.zeros(band.shape, int)
+    for r in range(1, h):
+        left = np.concatenate([[np.inf], total[:-1]])
+        right = np.concatenate([total[1:], [np.inf]])
+        choice = np.argmin(np.stack([left, total, right]), axis=0)
+        step[r] = choice - 1
+        total = band[r] + np.minimum(np.minimum(left, total), right)
+    path = np.empty(h, int)
+    path[-1] = int(np.argmin(total))
+    for r in range(h - 1, 0, -1):
+        path[r - 1] = path[r] + step[r, path[r]]
+    return path + lo
+
+
+# How wide single handwritten digits are: for each digit 0-9, the density of its ink box's width
+# over its height in the MNIST training set, in steps of 0.1 from 0 (ink at grey level 0.3;
+# smoothed over neighbouring steps, as a 20-pixel-tall digit's width comes in whole pixels). A 1
+# is narrow, a 0 or a 2 often wider than tall: a slice read as a 6 but half as wide as a 6 is
+# likelier half of a 0, and two digits read as one are wider than that one digit ever is.
+WIDTH_TABLE = np.array([
+    [0.00, 0.00, 0.00, 0.00, 0.13, 0.51, 0.78, 1.00, 1.62, 2.09, 1.91, 1.19, 0.46, 0.16, 0.11],
+    [0.05, 1.02, 2.05, 1.65, 1.52, 1.68, 1.00, 0.41, 0.29, 0.20, 0.08, 0.03, 0.01, 0.00, 0.00],
+    [0.00, 0.00, 0.00, 0.00, 0.12, 0.46, 0.69, 0.88, 1.44, 1.94, 1.90, 1.30, 0.58, 0.24, 0.22],
+    [0.00, 0.00, 0.01, 0.03, 0.42, 1.26, 1.54, 1.39, 1.73, 1.72, 1.12, 0.53, 0.17, 0.04, 0.02],
+    [0.00, 0.00, 0.00, 0.02, 0.44, 1.35, 1.61, 1.39, 1.68, 1.66, 1.08, 0.53, 0.17, 0.04, 0.02],
+    [0.00, 0.00, 0.00, 0.01, 0.21, 0.67, 0.87, 0.89, 1.25, 1.55, 1.51, 1.23, 0.75, 0.39, 0.38],
+    [0.00, 0.00, 0.00, 0.06, 0.77, 1.98, 2.05, 1.48, 1.50, 1.21, 0.59, 0.24, 0.07, 0.02, 0.02],
+    [0.00, 0.00, 0.00, 0.04, 0.52, 1.52, 1.77, 1.49, 1.66, 1.48, 0.87, 0.41, 0.13, 0.05, 0.03],
+    [0.00, 0.00, 0.01, 0.05, 0.60, 1.66, 1.86, 1.43, 1.54, 1.42, 0.85, 0.39, 0.13, 0.04, 0.02],
+    [0.00, 0.00, 0.01, 0.09, 1.09, 2.62, 2.46, 1.39, 1.10, 0.79, 0.32, 0.10, 0.02, 0.01, 0.01],
+])
+
+# Each digit read costs DIGIT_COST, and each cut CUT_COST for every stroke's width of ink it
+# crosses (log-likelihood), so that pieces of one digit, which may each look like a digit to a
+# model that has only seen whole ones, are not read as several without cause: a cut through the
+# thin contact of two touching digits is cheap, one through the body of a digit is not.
+DIGIT_COST = 0.5
+CUT_COST = 2.0
+# The model's confidence counts this many times over: a digit read whole is read with near
+# certainty, a piece of one or two digits taken as one far less often so.
+CONFIDENCE_WEIGHT = 10.0
+
+
+def _log_shape_prior(probs, width, height):
+    """log P(shape | a single digit) for a part width x height (both in line heights), given the
+    model's probabilities for it: the class-wise width density, weighed by the probabilities, and
+    a part far shorter than the line (a floating bar, a dot) made unlikely."""
+    if width < 1.5:
+        density = WIDTH_TABLE[:, int(width * 10)]
+    else:
+        density = WIDTH_TABLE[:, -1] * np.exp(-(width - 1.5) / 0.2)
+    joint = float((probs * np.maximum(density, 1e-3)).sum())
+    short = max(0.0, 0.75 - height) / 0.2
+    return np.log(joint) - short * short
+
+
+def _choose_digits(ink, chains, line, classify):
+    """The masks of the digits: for each chain of slices, the run of consecutive slices joined
+    into each digit that makes the likeliest reading (dynamic programming over the slices), each
+    digit scored by the model's probabilities for it and how likely its shape is."""
+    candidates, tensors = [], []
+    for n, chain in enumerate(chains):
+        if len(chain) == 1:
+            continue
+        for i in range(len(chain)):
+            mask = np.zeros(ink.mask.shape, bool)
+            for j in range(i, len(chain)):
+                mask = mask | chain[j][0]
+                width = max(a[2] for a in chain[i:j + 1]) - min(a[1] for a in chain[i:j + 1])
+                if j > i and width > 1.6 * line:
+                    break
+                box = ndimage.find_objects(mask.astype(np.int8))[0]
+                try:
+                    tensors.append(_tensor_in(ink, mask, box))
+                except NoDigitError:
+                    continue
+                height = (box[0].stop - box[0].start) / line
+                candidates.append((n, i, j + 1, mask, width / line, height, chain[i][3]))
+    probs = classify(torch.stack(tensors)).double().numpy() if tensors else []
+    best = {}
+    for (n, i, j, mask, width, height, cut), p in sorted(zip(candidates, probs), key=lambda c: c[0][:3]):
+        start = best.get((n, i), (0.0, [])) if i else (0.0, [])
+        if i and (n, i) not in best:
+            continue
+        score = (start[0] + CONFIDENCE_WEIGHT * np.log(p.max()) + _log_shape_prior(p, width, height)
+                 - DIGIT_COST - CUT_COST * cut)
+        if (n, j) not in best or score > best[(n, j)][0]:
+            best[(n, j)] = (score, start[1] + [mask])
+    parts = []
+    for n, chain in enumerate(chains):
+        parts += [chain[0][0]] if len(chain) == 1 else best[(n, len(chain))][1]
+    return parts
+
+
+def _tensor_in(ink, part, box):
+    # The part's digit on its own: only the ink inside the part's group box is looked at.
+    return to_mnist(ink.levels[box], part[box], ink.name)
+
+
+def _original_box(box, scale):
+    """(x0, y0, x1, y1) of a pair of slices, in the original picture's pixels."""
+    y, x = box
+    return (int(x.start * scale), int(y.start * scale),
+            int(np.ceil(x.stop * scale)), int(np.ceil(y.stop * scale)))
