@@ -48,12 +48,10 @@ def split_number(ink, classify):
     if not groups:
         return []
     line = float(np.median([g.height for g in groups if g.height >= 0.5 * max(x.height for x in groups)]))
-    chains = [_atoms(ink, g, line) for g in groups]
-    sheared = groups[0].sheared
     digits = []
-    for part in _choose_digits(ink, chains, line, classify):
-        box = ndimage.find_objects(part.astype(np.int8))[0]
-        digits.append((float(sheared[part].mean()), box, part))
+    for group in groups:
+        for part, box in _choose_digits(ink, group, _atoms(ink, group, line), line, classify):
+            digits.append((float(group.sheared[box][part[box]].mean()), box, part))
     digits.sort(key=lambda d: d[0])
     return [Digit(_original_box(box, ink.scale), _tensor_in(ink, part, box))
             for _, box, part in digits]
@@ -80,19 +78,22 @@ def digit_groups(ink):
     if count == 0:
         return []
     h, w = ink.mask.shape
-    ys, xs = np.mgrid[0:h, 0:w]
     slant = _common_slant(ink.mask, labels, count)
-    sheared = (xs - slant * (ys - h / 2)).astype(np.float32)
-    ids = np.arange(1, count + 1)
-    left = np.asarray(ndimage.minimum(sheared, labels, ids))
-    right = np.asarray(ndimage.maximum(sheared, labels, ids)) + 1
-    heights = np.array([b[0].stop - b[0].start for b in ndimage.find_objects(labels)])
+    sheared = (np.arange(w, dtype=np.float32)[None, :]
+               - np.float32(slant) * (np.arange(h, dtype=np.float32)[:, None] - h / 2))
+    boxes = ndimage.find_objects(labels)
+    along = [sheared[b][labels[b] == k] for k, b in enumerate(boxes, start=1)]
+    left = np.array([a.min() for a in along])
+    right = np.array([a.max() for a in along]) + 1
+    heights = np.array([b[0].stop - b[0].start for b in boxes])
     # The height of a digit in this picture: the median of the pieces that are not fragments.
     height = float(np.median(heights[heights >= 0.5 * heights.max()]))
     groups = []
     for members in _group_pieces(left, right, heights < 0.6 * height):
-        mask = np.isin(labels, ids[members])
-        box = ndimage.find_objects(mask.astype(np.int8))[0]
+        box = tuple(slice(min(boxes[m][d].start for m in members), max(boxes[m][d].stop for m in members))
+                    for d in (0, 1))
+        mask = np.zeros(ink.mask.shape, bool)
+        mask[box] = np.isin(labels[box], members + 1)
         group_height = box[0].stop - box[0].start
         lo, hi = float(left[members].min()), float(right[members].max())
         if max(group_height, hi - lo) < 0.3 * height:
@@ -217,13 +218,22 @@ def _cheapest_path(cost, start, reach):
     lo, hi = max(0, start - reach), min(w, start + reach + 1)
     band = cost[:, lo:hi] + 1e-3 * np.abs(np.arange(lo, hi) - start)  # straight when it is free
     total = band[0].copy()
-    step = np.zeros(band.shape, int)
+    step = np.zeros(band.shape, np.int8)
+    shifted = np.full(total.shape, np.inf)
     for r in range(1, h):
-        left = np.concatenate([[np.inf], total[:-1]])
-        right = np.concatenate([total[1:], [np.inf]])
-        choice = np.argmin(np.stack([left, total, right]), axis=0)
-        step[r] = choice - 1
-        total = band[r] + np.minimum(np.minimum(left, total), right)
+        # The cheapest of the three cells above: straight up, or one column either side.
+        best = total.copy()
+        shifted[1:] = total[:-1]
+        shifted[0] = np.inf
+        from_left = shifted < best
+        best[from_left] = shifted[from_left]
+        step[r][from_left] = -1
+        shifted[:-1] = total[1:]
+        shifted[-1] = np.inf
+        from_right = shifted < best
+        best[from_right] = shifted[from_right]
+        step[r][from_right] = 1
+        total = band[r] + best
     path = np.empty(h, int)
     path[-1] = int(np.argmin(total))
     for r in range(h - 1, 0, -1):
@@ -254,7 +264,7 @@ WIDTH_TABLE = np.array([
 # model that has only seen whole ones, are not read as several without cause: a cut through the
 # thin contact of two touching digits is cheap, one through the body of a digit is not.
 DIGIT_COST = 0.5
-CUT_COST = 2.0
+CUT_COST = 3.0
 # The model's confidence counts this many times over: a digit read whole is read with near
 # certainty, a piece of one or two digits taken as one far less often so.
 CONFIDENCE_WEIGHT = 10.0
@@ -273,42 +283,47 @@ def _log_shape_prior(probs, width, height):
     return np.log(joint) - short * short
 
 
-def _choose_digits(ink, chains, line, classify):
-    """The masks of the digits: for each chain of slices, the run of consecutive slices joined
-    into each digit that makes the likeliest reading (dynamic programming over the slices), each
-    digit scored by the model's probabilities for it and how likely its shape is."""
+def _choose_digits(ink, group, atoms, line, classify):
+    """(mask, box) of each digit in a group: the run of consecutive slices joined into each digit
+    that makes the likeliest reading (dynamic programming over the slices), each digit scored by
+    the model's probabilities for it, how likely its shape is, and the ink its cut crosses."""
+    if len(atoms) == 1:
+        return [(group.mask, group.box)]
+    gbox = group.box
+    top, left = gbox[0].start, gbox[1].start
     candidates, tensors = [], []
-    for n, chain in enumerate(chains):
-        if len(chain) == 1:
-            continue
-        for i in range(len(chain)):
-            mask = np.zeros(ink.mask.shape, bool)
-            for j in range(i, len(chain)):
-                mask = mask | chain[j][0]
-                width = max(a[2] for a in chain[i:j + 1]) - min(a[1] for a in chain[i:j + 1])
-                if j > i and width > 1.6 * line:
-                    break
-                box = ndimage.find_objects(mask.astype(np.int8))[0]
-                try:
-                    tensors.append(_tensor_in(ink, mask, box))
-                except NoDigitError:
-                    continue
-                height = (box[0].stop - box[0].start) / line
-                candidates.append((n, i, j + 1, mask, width / line, height, chain[i][3]))
+    for i in range(len(atoms)):
+        sub = np.zeros(group.mask[gbox].shape, bool)
+        for j in range(i, len(atoms)):
+            sub |= atoms[j][0][gbox]
+            width = max(a[2] for a in atoms[i:j + 1]) - min(a[1] for a in atoms[i:j + 1])
+            if j > i and width > 1.6 * line:
+                break
+            rows, cols = ndimage.find_objects(sub.astype(np.int8))[0]
+            box = (slice(rows.start + top, rows.stop + top), slice(cols.start + left, cols.stop + left))
+            try:
+                tensors.append(to_mnist(ink.levels[box], sub[rows, cols], ink.name))
+            except NoDigitError:
+                continue
+            height = (rows.stop - rows.start) / line
+            candidates.append((i, j + 1, sub.copy(), box, width / line, height, atoms[i][3]))
     probs = classify(torch.stack(tensors)).double().numpy() if tensors else []
-    best = {}
-    for (n, i, j, mask, width, height, cut), p in sorted(zip(candidates, probs), key=lambda c: c[0][:3]):
-        start = best.get((n, i), (0.0, [])) if i else (0.0, [])
-        if i and (n, i) not in best:
+    best = {0: (0.0, [])}
+    for (i, j, sub, box, width, height, cut), p in sorted(zip(candidates, probs), key=lambda c: c[0][:2]):
+        if i not in best:
             continue
-        score = (start[0] + CONFIDENCE_WEIGHT * np.log(p.max()) + _log_shape_prior(p, width, height)
+        score = (best[i][0] + CONFIDENCE_WEIGHT * np.log(p.max()) + _log_shape_prior(p, width, height)
                  - DIGIT_COST - CUT_COST * cut)
-        if (n, j) not in best or score > best[(n, j)][0]:
-            best[(n, j)] = (score, start[1] + [mask])
-    parts = []
-    for n, chain in enumerate(chains):
-        parts += [chain[0][0]] if len(chain) == 1 else best[(n, len(chain))][1]
-    return parts
+        if j not in best or score > best[j][0]:
+            best[j] = (score, best[i][1] + [(sub, box)])
+    if len(atoms) not in best:  # every way across had a sliver too faint to read: keep it whole
+        return [(group.mask, group.box)]
+    digits = []
+    for sub, box in best[len(atoms)][1]:
+        mask = np.zeros(ink.mask.shape, bool)
+        mask[gbox] = sub
+        digits.append((mask, box))
+    return digits
 
 
 def _tensor_in(ink, part, box):
