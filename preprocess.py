@@ -483,10 +483,11 @@ def normalise_stroke_width(digit):
     if 0 < width < 0.75 * target:
         radius = int(round((target - width) / 2))
         if radius >= 1:
-            # A square pen of radius pixels drawn along every stroke.
-            pen = np.ones((2 * radius + 1, 2 * radius + 1), bool)
-            wider = ndimage.binary_dilation(np.pad(mask, radius), pen)
-            digit = np.maximum(np.pad(digit, radius), wider.astype(np.float32))
+            # A square pen of radius pixels drawn along every stroke (a maximum filter, which is
+            # separable: a binary dilation by the same square costs its area per pixel).
+            wider = ndimage.maximum_filter(np.pad(mask, radius).astype(np.float32), size=2 * radius + 1,
+                                           mode="constant")
+            digit = np.maximum(np.pad(digit, radius), wider)
     h, w = digit.shape
     scale = 20 * SUPERSAMPLE / max(h, w)
     return np.clip(_resize(digit, round(w * scale), round(h * scale)), 0.0, 1.0)
