@@ -302,15 +302,15 @@ def _threshold(levels, name):
     background = levels[~mask]
     if background.size == 0 or mask.sum() < 3:
         raise blank
-    # The noise is what changes from one background pixel to the next; the background's spread
-    # alone would also count the soft edges of a bold, blurred digit filling the picture.
-    jitter = float((levels - ndimage.uniform_filter(levels, 5, mode="nearest"))[~mask].std())
-    noise = min(float(background.std()), jitter)
     contrast = float(np.median(_sample(levels[mask]))) - float(np.median(_sample(background)))
     # On plain noise Otsu still splits the histogram, but the two halves are only about 1.6
     # standard deviations apart; real ink stands many deviations clear of the paper.
-    if contrast < max(6 * noise, 0.02):
-        raise blank
+    if contrast < max(6 * float(background.std()), 0.02):
+        # The background's spread also counts the soft edges of a bold, blurred digit filling
+        # the picture; the noise is what changes from one background pixel to the next.
+        jitter = float((levels - ndimage.uniform_filter(levels, 5, mode="nearest"))[~mask].std())
+        if contrast < max(6 * jitter, 0.02):
+            raise blank
     return mask
 
 
