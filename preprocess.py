@@ -381,30 +381,27 @@ def _drop_specks(mask):
 
 def _drop_ruled_lines(mask):
     """The ink mask without the ruled lines of lined or squared paper: straight horizontal or
-    vertical runs at least three times as long as the largest thing written beside them is tall.
-    (A digit's own bar or stem is never that much longer than the digit is tall.) A table or
-    shadow along the border does not count as written."""
+    vertical runs across nine tenths of the picture, thin for their length, and at least three
+    times as long as the tallest piece of writing clear of the picture's border. (A digit's own
+    bar or stem never is, and a digit cropped so tightly that it touches the border is left as it
+    is: it has no such piece beside it.)"""
     h, w = mask.shape
-    lines = _long_runs(mask, max(w // 2, 8)) | _long_runs(mask.T, max(h // 2, 8)).T
+    lines = _long_runs(mask, max(int(0.9 * w), 8)) | _long_runs(mask.T, max(int(0.9 * h), 8)).T
     if not lines.any():
         return mask
-    rest = mask & ~ndimage.binary_dilation(lines, iterations=1)
-    labels, count = label_pieces(rest)
-    if not count:
+    labels, count = label_pieces(mask & ~ndimage.binary_dilation(lines, iterations=1))
+    clear = [s for k, s in enumerate(ndimage.find_objects(labels), start=1)
+             if k not in set(_border_ids(labels))]
+    if not clear:
         return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    inside = sizes.copy()
-    inside[_border_ids(labels)] = 0
-    largest = ndimage.find_objects(labels)[int(np.argmax(inside if inside.any() else sizes)) - 1]
-    tallest = max(largest[0].stop - largest[0].start, largest[1].stop - largest[1].start)
+    tall = max(max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in clear)
     line_labels, count = label_pieces(lines)
     areas = np.bincount(line_labels.ravel(), minlength=count + 1)
     long_ids = []
     for i, s in enumerate(ndimage.find_objects(line_labels), start=1):
         length = max(s[0].stop - s[0].start, s[1].stop - s[1].start)
         # A ruled line is thin for its length; a bold stroke across a tightly cropped digit is not.
-        if length >= 3 * tallest and areas[i] / length <= length / 15:
+        if length >= 3 * tall and areas[i] / length <= length / 15:
             long_ids.append(i)
     if not long_ids:
         return mask
