@@ -27,7 +27,6 @@ class Digit(NamedTuple):
     tensor: torch.Tensor
 
 
-
 def find_digits(image, classify):
     """The digits of the number written in the picture, left to right, as Digit tuples.
 
@@ -40,27 +39,27 @@ def split_number(ink, classify):
     """The digits in ink (an Ink), left to right.
 
     Handwriting as people write it: pieces of ink one above the other make one digit (see
-    digit_groups); a group too wide for one digit is cut at the thin places of its ink; then, along
-    each run of pieces that overlap or touch, the way of joining them into digits that reads best
-    is chosen (see _choose_digits), so a 5 whose bar floats a little aside stays one 5 and two
-    digits that touch become two."""
+    digit_groups); a group too wide for one digit is sliced along cheap paths through its ink
+    (see _atoms), and the way of joining the slices into digits that reads best is chosen (see
+    _choose_digits), so a wide 0 stays one 0 and two digits that touch become two."""
     groups = digit_groups(ink)
     if not groups:
         return []
     line = float(np.median([g.height for g in groups if g.height >= 0.5 * max(x.height for x in groups)]))
     digits = []
     for group in groups:
-        for part, box in _choose_digits(ink, group, _atoms(ink, group, line), line, classify):
-            digits.append((float(group.sheared[box][part[box]].mean()), box, part))
+        for box, part, tensor in _choose_digits(ink, group, _atoms(ink, group, line), line, classify):
+            if tensor is None:
+                tensor = to_mnist(ink.levels[box], part, ink.name)
+            digits.append((float(group.sheared[box][part].mean()), Digit(_original_box(box, ink.scale), tensor)))
     digits.sort(key=lambda d: d[0])
-    return [Digit(_original_box(box, ink.scale), _tensor_in(ink, part, box))
-            for _, box, part in digits]
+    return [digit for _, digit in digits]
 
 
 class Group(NamedTuple):
-    """Pieces of ink taken for one digit (or several that touch): mask (bool, whole picture),
-    box (slices), left and right along the writing, height (rows), sheared (each pixel's
-    position along the writing), slant (dx/dy of the writing)."""
+    """Pieces of ink taken for one digit (or several that touch): box (slices of the picture),
+    mask (bool, the group's ink within box), left and right along the writing, height (rows),
+    sheared (each pixel's position along the writing, whole picture), slant (dx/dy)."""
     mask: np.ndarray
     box: tuple
     left: float
@@ -92,8 +91,7 @@ def digit_groups(ink):
     for members in _group_pieces(left, right, heights < 0.6 * height):
         box = tuple(slice(min(boxes[m][d].start for m in members), max(boxes[m][d].stop for m in members))
                     for d in (0, 1))
-        mask = np.zeros(ink.mask.shape, bool)
-        mask[box] = np.isin(labels[box], members + 1)
+        mask = np.isin(labels[box], members + 1)
         group_height = box[0].stop - box[0].start
         lo, hi = float(left[members].min()), float(right[members].max())
         if max(group_height, hi - lo) < 0.3 * height:
@@ -146,7 +144,8 @@ def _group_pieces(left, right, short):
 
 
 def _atoms(ink, group, line):
-    """(mask, left, right) of the slices a group may be made of, left to right: the whole group
+    """(mask, left, right, cut) of the slices a group may be made of, left to right (masks
+    within the group's box; cut, the strokes of ink crossed on the slice's left): the whole group
     when it is narrow enough for one digit; else the slices between cut paths. Each path runs
     from the top of the group to its bottom, along the writing's slant, through as little ink as
     it can (so between two digits that touch it finds their contact), from a start at each
@@ -154,7 +153,7 @@ def _atoms(ink, group, line):
     if group.right - group.left <= 0.75 * line:
         return [(group.mask, group.left, group.right, 0.0)]
     box = group.box
-    region = group.mask[box]
+    region = group.mask
     levels = np.where(region, ink.levels[box], 0.0)
     rows = np.arange(box[0].start, box[0].stop)
     # Each row moved back by the slant, so that the writing stands upright: column u of row r
@@ -182,10 +181,8 @@ def _atoms(ink, group, line):
         part = region & (u >= a[:, None]) & (u < b[:, None])
         if part.sum() < 3:
             continue
-        full = np.zeros(ink.mask.shape, bool)
-        full[box] = part
         along = group.sheared[box][part]
-        atoms.append((full, float(along.min()), float(along.max()) + 1, cut))
+        atoms.append((part, float(along.min()), float(along.max()) + 1, cut))
     return atoms
 
 
@@ -284,18 +281,18 @@ def _log_shape_prior(probs, width, height):
 
 
 def _choose_digits(ink, group, atoms, line, classify):
-    """(mask, box) of each digit in a group: the run of consecutive slices joined into each digit
-    that makes the likeliest reading (dynamic programming over the slices), each digit scored by
-    the model's probabilities for it, how likely its shape is, and the ink its cut crosses."""
+    """(box, mask within box, input tensor or None) of each digit in a group: the run of
+    consecutive slices joined into each digit that makes the likeliest reading (dynamic
+    programming over the slices), each digit scored by the model's probabilities for it, how
+    likely its shape is, and the ink its cut crosses."""
     if len(atoms) == 1:
-        return [(group.mask, group.box)]
-    gbox = group.box
-    top, left = gbox[0].start, gbox[1].start
+        return [(group.box, group.mask, None)]
+    top, left = group.box[0].start, group.box[1].start
     candidates, tensors = [], []
     for i in range(len(atoms)):
-        sub = np.zeros(group.mask[gbox].shape, bool)
+        sub = np.zeros(group.mask.shape, bool)
         for j in range(i, len(atoms)):
-            sub |= atoms[j][0][gbox]
+            sub |= atoms[j][0]
             width = max(a[2] for a in atoms[i:j + 1]) - min(a[1] for a in atoms[i:j + 1])
             if j > i and width > 1.6 * line:
                 break
@@ -306,29 +303,20 @@ def _choose_digits(ink, group, atoms, line, classify):
             except NoDigitError:
                 continue
             height = (rows.stop - rows.start) / line
-            candidates.append((i, j + 1, sub.copy(), box, width / line, height, atoms[i][3]))
+            digit = (box, sub[rows, cols].copy(), tensors[-1])
+            candidates.append((i, j + 1, digit, width / line, height, atoms[i][3]))
     probs = classify(torch.stack(tensors)).double().numpy() if tensors else []
     best = {0: (0.0, [])}
-    for (i, j, sub, box, width, height, cut), p in sorted(zip(candidates, probs), key=lambda c: c[0][:2]):
+    for (i, j, digit, width, height, cut), p in sorted(zip(candidates, probs), key=lambda c: c[0][:2]):
         if i not in best:
             continue
         score = (best[i][0] + CONFIDENCE_WEIGHT * np.log(p.max()) + _log_shape_prior(p, width, height)
                  - DIGIT_COST - CUT_COST * cut)
         if j not in best or score > best[j][0]:
-            best[j] = (score, best[i][1] + [(sub, box)])
+            best[j] = (score, best[i][1] + [digit])
     if len(atoms) not in best:  # every way across had a sliver too faint to read: keep it whole
-        return [(group.mask, group.box)]
-    digits = []
-    for sub, box in best[len(atoms)][1]:
-        mask = np.zeros(ink.mask.shape, bool)
-        mask[gbox] = sub
-        digits.append((mask, box))
-    return digits
-
-
-def _tensor_in(ink, part, box):
-    # The part's digit on its own: only the ink inside the part's group box is looked at.
-    return to_mnist(ink.levels[box], part[box], ink.name)
+        return [(group.box, group.mask, None)]
+    return best[len(atoms)][1]
 
 
 def _original_box(box, scale):
