@@ -210,6 +210,13 @@ def remove_background(grey):
     side = values > otsu_threshold(values)
     starts = [np.ones(values.shape, bool), side if side.mean() >= 0.5 else ~side]
     fits = [_fit_paper(basis, values, keep) for keep in starts]
+    # Paper under light is never brighter than the brightest pixel nor darker than the darkest:
+    # a surface that leaves that range is following a bold digit's strokes, not the lighting
+    # (and would turn the digit inside out). Then a flat paper level is the better guess.
+    lo, hi = values.min() - 0.05, values.max() + 0.05
+    fits = [fit for fit in fits if lo <= (basis @ fit[0]).min() and (basis @ fit[0]).max() <= hi]
+    if not fits:
+        return grey - _paper_level(grey)
     c = min(fits, key=lambda fit: fit[1])[0].astype(np.float32)
     yy = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None]
     xx = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :]
