@@ -256,15 +256,21 @@ WIDTH_TABLE = np.array([
     [0.00, 0.00, 0.01, 0.09, 1.09, 2.62, 2.46, 1.39, 1.10, 0.79, 0.32, 0.10, 0.02, 0.01, 0.01],
 ])
 
-# Each digit read costs DIGIT_COST, and each cut CUT_COST for every stroke's width of ink it
-# crosses (log-likelihood), so that pieces of one digit, which may each look like a digit to a
-# model that has only seen whole ones, are not read as several without cause: a cut through the
-# thin contact of two touching digits is cheap, one through the body of a digit is not.
-DIGIT_COST = 0.5
+# Each cut costs CUT_COST for every stroke's width of ink it crosses (log-likelihood), so that
+# pieces of one digit, which may each look like a digit to a model that has only seen whole
+# ones, are not read as several without cause: a cut through the thin contact of two touching
+# digits is cheap, one through the body of a digit is not.
 CUT_COST = 3.0
 # The model's confidence counts this many times over: a digit read whole is read with near
 # certainty, a piece of one or two digits taken as one far less often so.
 CONFIDENCE_WEIGHT = 10.0
+# Near certainty saturates the probability (0.97 and 0.9999 are both "sure"), but not the gap
+# between the two likeliest classes' logits: whole digits leave a wide one (a median of 14-19
+# for the two recipes' models, on MNIST training digits written with the benchmarks' pen), two
+# merged digits or half of one a narrow one (4-6; told apart from whole digits 95% of the time).
+# Each digit pays MARGIN_COST per unit its gap falls short of FULL_MARGIN.
+FULL_MARGIN = 15.0
+MARGIN_COST = 0.3
 
 
 def _log_shape_prior(probs, width, height):
@@ -280,11 +286,18 @@ def _log_shape_prior(probs, width, height):
     return np.log(joint) - short * short
 
 
+def _logit_margin(probs):
+    """The gap between the two largest logits, from the probabilities (their log ratio)."""
+    second, first = np.sort(probs)[-2:]
+    return float(np.log(first) - np.log(second)) if second > 0 else np.inf
+
+
 def _choose_digits(ink, group, atoms, line, classify):
     """(box, mask within box, input tensor or None) of each digit in a group: the run of
     consecutive slices joined into each digit that makes the likeliest reading (dynamic
     programming over the slices), each digit scored by the model's probabilities for it, how
-    likely its shape is, and the ink its cut crosses."""
+    likely its shape is, how far ahead of the runner-up its reading is, and the ink its cut
+    crosses."""
     if len(atoms) == 1:
         return [(group.box, group.mask, None)]
     top, left = group.box[0].start, group.box[1].start
@@ -311,7 +324,7 @@ def _choose_digits(ink, group, atoms, line, classify):
         if i not in best:
             continue
         score = (best[i][0] + CONFIDENCE_WEIGHT * np.log(p.max()) + _log_shape_prior(p, width, height)
-                 - DIGIT_COST - CUT_COST * cut)
+                 - MARGIN_COST * max(0.0, FULL_MARGIN - _logit_margin(p)) - CUT_COST * cut)
         if j not in best or score > best[j][0]:
             best[j] = (score, best[i][1] + [digit])
     if len(atoms) not in best:  # every way across had a sliver too faint to read: keep it whole
