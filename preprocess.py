@@ -73,27 +73,31 @@ def preprocess_image(image):
 
 def read_ink(image):
     """The picture's Ink: read as grey levels, paper and lighting removed, ink made bright, the
-    ink pixels found."""
+    ink pixels found. Ink scattered in more than MAX_PIECES pieces is noise or a texture, not
+    handwriting: NoDigitError, as for a blank picture."""
     name = "the image" if isinstance(image, Image.Image) else os.fspath(image)
     img, scale = open_image(image, with_scale=True)
-    if min(img.size) < 3:
-        raise NoDigitError(f"No digit found in {name}: the image is only "
-                           f"{img.width}x{img.height} pixels.")
     grey = read_grey(img)
     levels = to_ink_polarity(remove_background(grey))
     try:
-        return Ink(levels, find_ink(levels, name), scale, name)
+        mask = find_ink(levels, name)
     except NoDigitError:
         # A bold digit filling the picture leaves the paper only in the corners, and a curved
         # lighting surface can bend to follow the ink itself; a flat paper level cannot.
         levels = to_ink_polarity(grey - _paper_level(grey))
-        return Ink(levels, find_ink(levels, name), scale, name)
+        mask = find_ink(levels, name)
+    count = label_pieces(mask)[1]
+    if count > MAX_PIECES:
+        raise NoDigitError(f"No digit found in {name}: its ink lies in {count} separate pieces, "
+                           f"as in noise or a texture, not in handwriting.")
+    return Ink(levels, mask, scale, name)
 
 
 def open_image(image, with_scale=False):
     """The image as a loaded PIL image, upright (EXIF orientation applied), at most MAX_SIDE
     on its long side (and, with_scale, how many original pixels one of its pixels spans).
-    Raises ImageNotFoundError or NotAnImageError naming the path."""
+    Raises ImageNotFoundError or NotAnImageError naming the path, or NoDigitError for a picture
+    under 3 pixels on a side."""
     if isinstance(image, Image.Image):
         img, path = image, "the image"
     else:
@@ -127,6 +131,9 @@ def open_image(image, with_scale=False):
     except Exception as error:  # Pillow's decoders raise many types on damaged files
         raise NotAnImageError(f"{path} could not be decoded: the file is truncated or "
                               f"corrupt.") from error
+    if min(full_size) < 3:
+        raise NoDigitError(f"No digit found in {path}: the image is only "
+                           f"{full_size[0]}x{full_size[1]} pixels.")
     return (img, max(full_size) / max(img.size)) if with_scale else img
 
 
@@ -299,6 +306,12 @@ def find_ink(levels, name="the image"):
     edges (see _set_aside_edge_background)."""
     mask = _drop_ruled_lines(_threshold(levels, name))
     return _drop_specks(_set_aside_edge_background(levels, mask, name))
+
+
+# A handwritten digit is one to three pieces of ink, and the longest numbers in the benchmarks
+# eight or fewer; fifty leaves room for long numbers written in broken strokes, while random
+# noise leaves a hundred or more pieces.
+MAX_PIECES = 50
 
 
 def _threshold(levels, name):

@@ -189,6 +189,27 @@ def test_blank_or_uniform_image_raises_no_digit_error(tmp_path, fill):
         preprocess.preprocess_image(path)
 
 
+@pytest.mark.parametrize("sigma", [0, 2])
+def test_noise_and_textures_are_not_read_as_digits(tmp_path, sigma):
+    """Full-contrast random noise, raw or slightly smoothed into a fine texture, leaves ink in
+    many more pieces than any handwriting: one sentence, not a confident guess."""
+    from scipy import ndimage
+    a = ndimage.gaussian_filter(np.random.default_rng(1).random((240, 320)), sigma)
+    a = (255 * (a - a.min()) / np.ptp(a)).astype(np.uint8)
+    path = save(Image.fromarray(a), tmp_path / "texture.png")
+    with pytest.raises(preprocess.NoDigitError, match="separate pieces, as in noise or a texture"):
+        preprocess.preprocess_image(path)
+
+
+def test_a_long_number_in_broken_strokes_is_still_handwriting():
+    """Forty digits, most of them written in two strokes: nearly fifty pieces of ink
+    are still read, not refused as noise."""
+    digits = [4, 5, 7, 1, 0, 4, 5, 7, 0, 4] * 4
+    image, _ = number_picture(digits, size=60, gap=25)
+    assert preprocess.label_pieces(preprocess.read_ink(image).mask)[1] >= 40
+    assert len(groups_of(image)) == len(digits)
+
+
 @pytest.mark.parametrize("size", [(1, 1), (2, 2), (1, 60), (60, 1), (2, 40)])
 def test_pictures_too_small_to_hold_a_digit_raise_no_digit_error(size):
     with pytest.raises(preprocess.NoDigitError, match=f"only {size[0]}x{size[1]} pixels"):
