@@ -415,12 +415,17 @@ def _drop_ruled_lines(mask):
 
 def _long_runs(mask, length):
     """The pixels of mask that lie in a horizontal run of at least `length` pixels."""
-    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), np.int8)
-    padded[:, 1:-1] = mask
+    out = np.zeros(mask.shape, bool)
+    # Only a row with that much ink can hold such a run: counting first spares most pictures,
+    # which have none, the search for runs through every row.
+    candidates = np.flatnonzero(np.count_nonzero(mask, axis=1) >= length)
+    if not len(candidates):
+        return out
+    padded = np.zeros((len(candidates), mask.shape[1] + 2), np.int8)
+    padded[:, 1:-1] = mask[candidates]
     rows, starts = np.nonzero(np.diff(padded, axis=1) == 1)
     ends = np.nonzero(np.diff(padded, axis=1) == -1)[1]
-    out = np.zeros(mask.shape, bool)
-    for r, s, e in zip(rows, starts, ends):
+    for r, s, e in zip(candidates[rows], starts, ends):
         if e - s >= length:
             out[r, s:e] = True
     return out
@@ -452,7 +457,9 @@ def crop_to_ink(levels, mask):
     soft = np.clip((levels - floor) / max(solid - floor, 1e-6), 0.0, 1.0)
     # Pixels left out of the mask (specks, a neighbouring digit) are left out of the picture too,
     # but the anti-aliased rim of the mask's own strokes is kept.
-    return np.where(ndimage.binary_dilation(inside, EIGHT_CONNECTED, iterations=2), soft,
+    # (Two 8-connected dilations, as one separable 5x5 maximum: the same pixels, a third of
+    # the time.)
+    return np.where(ndimage.maximum_filter(inside, size=5, mode="constant"), soft,
                     0.0).astype(np.float32)
 
 
@@ -468,8 +475,12 @@ def stroke_width(mask):
     area = int(mask.sum())
     if area == 0:
         return 0.0
-    # The interior is what a cross-shaped (4-connected) erosion keeps; the rest is the boundary.
-    boundary = area - int(ndimage.binary_erosion(mask, border_value=0).sum())
+    # The interior is what a cross-shaped (4-connected) erosion keeps (the pixels whose four
+    # neighbours are ink, outside the picture counting as paper); the rest is the boundary.
+    padded = np.pad(mask, 1)
+    interior = (mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2]
+                & padded[1:-1, 2:])
+    boundary = area - int(np.count_nonzero(interior))
     return 2.0 * area / max(boundary, 1)
 
 
