@@ -74,18 +74,30 @@ def seen_levels(tensor):
 def read_picture(model, data):
     """The answer of POST /api/predict for an image file's bytes (CPU work: run it off the event
     loop). Raises PredictError subclasses for bad pictures."""
-    # The ink is found once and read both ways, just as preprocess_image (the whole picture as
-    # one digit) and predict_digits (the number) each read it on their own: half the work.
+    # The ink is found once and read both ways, just as predict_digits (the number) and
+    # preprocess_image (the whole picture as one digit) each read it on their own.
     ink = preprocess.read_ink(open_upload(data))
-    probabilities = predict.predict_batch(model, [preprocess.to_mnist(ink.levels, ink.mask,
-                                                                      ink.name)])[0]
-    readings = predict.read_digits(model, ink)
+    try:
+        readings, failure = predict.read_digits(model, ink), None
+    except predict.NoDigitError as error:
+        readings, failure = [], error
+    if len(readings) == 1 and readings[0].all_ink:
+        # A single digit made of all the ink is the whole picture read as one digit: the same
+        # input in the same forward pass of one, so the same answer, computed once.
+        digit, probabilities = readings[0].digit, readings[0].probabilities
+    else:
+        # (When both readings fail, the sentence given is this one's, as when it came first.)
+        whole = predict.predict_batch(model, [preprocess.to_mnist(ink.levels, ink.mask,
+                                                                  ink.name)])[0]
+        digit, probabilities = int(whole.argmax()), whole.tolist()
+    if failure is not None:
+        raise failure
     return {
         "number": "".join(str(r.digit) for r in readings),
         "digits": [{"digit": r.digit, "probabilities": list(r.probabilities), "box": list(r.box),
                     "seen": seen_levels(r.image)} for r in readings],
-        "digit": int(probabilities.argmax()),
-        "probabilities": probabilities.tolist(),
+        "digit": digit,
+        "probabilities": list(probabilities),
     }
 
 

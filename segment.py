@@ -22,9 +22,11 @@ from preprocess import NoDigitError, label_pieces, read_ink, stroke_width, to_mn
 
 class Digit(NamedTuple):
     """One digit found in a picture: box (x0, y0, x1, y1) in the original picture's pixels,
-    x1 and y1 exclusive; tensor, the normalised 1x28x28 the model reads."""
+    x1 and y1 exclusive; tensor, the normalised 1x28x28 the model reads; all_ink, whether it is
+    all the ink in the picture (its tensor is then what preprocess_image makes of the picture)."""
     box: tuple
     tensor: torch.Tensor
+    all_ink: bool = False
 
 
 def find_digits(image, classify):
@@ -47,11 +49,15 @@ def split_number(ink, classify):
         return []
     line = float(np.median([g.height for g in groups if g.height >= 0.5 * max(x.height for x in groups)]))
     digits = []
+    # A digit's mask is part of the ink's, so it is all the ink when it has as many pixels.
+    ink_pixels = np.count_nonzero(ink.mask)
     for group in groups:
         for box, part, tensor in _choose_digits(ink, group, _atoms(ink, group, line), line, classify):
             if tensor is None:
                 tensor = to_mnist(ink.levels[box], part, ink.name)
-            digits.append((float(group.sheared[box][part].mean()), Digit(_original_box(box, ink.scale), tensor)))
+            all_ink = bool(np.count_nonzero(part) == ink_pixels)
+            digits.append((float(group.sheared[box][part].mean()),
+                           Digit(_original_box(box, ink.scale), tensor, all_ink)))
     digits.sort(key=lambda d: d[0])
     return [digit for _, digit in digits]
 

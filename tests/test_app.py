@@ -141,9 +141,10 @@ def test_photos_in_any_format_pillow_reads_are_read(client, fmt):
     assert post(client, photo_of("7", fmt)).json()["number"] == "7"
 
 
-def test_the_api_reads_a_picture_as_predict_py_does(client, reader_weights, tmp_path):
+@pytest.mark.parametrize("text", ["7", "42"])
+def test_the_api_reads_a_picture_as_predict_py_does(client, reader_weights, tmp_path, text):
     path = tmp_path / "number.png"
-    path.write_bytes(canvas_png("42"))
+    path.write_bytes(canvas_png(text))
     model = predict.load_model(reader_weights)
     digit, probabilities = predict.predict_with_probabilities(model, path)
     answer = post(client, path.read_bytes()).json()
