@@ -53,11 +53,13 @@ class NoDigitError(PredictError, ValueError):
 
 class Ink(NamedTuple):
     """A picture's ink: levels (float32, bright ink on 0, the background removed), mask (bool,
-    the pixels that are ink), scale (pixels of the original picture per pixel here), name."""
+    the pixels that are ink), scale (pixels of the original picture per pixel here), name, and
+    pieces, label_pieces(mask) when it is already known (None otherwise)."""
     levels: np.ndarray
     mask: np.ndarray
     scale: float
     name: str
+    pieces: tuple = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,12 +84,13 @@ def read_ink(image):
     grey = read_grey(img)
     levels = to_ink_polarity(remove_background(grey))
     try:
-        return Ink(levels, find_ink(levels, name), scale, name)
+        mask, pieces = _find_ink(levels, name)
     except NoDigitError:
         # A bold digit filling the picture leaves the paper only in the corners, and a curved
         # lighting surface can bend to follow the ink itself; a flat paper level cannot.
         levels = to_ink_polarity(grey - _paper_level(grey))
-        return Ink(levels, find_ink(levels, name), scale, name)
+        mask, pieces = _find_ink(levels, name)
+    return Ink(levels, mask, scale, name, pieces)
 
 
 def open_image(image, with_scale=False):
@@ -297,8 +300,16 @@ def find_ink(levels, name="the image"):
     blank or uniform image, or one whose 'ink' is no brighter than the background's own noise.
     Specks and ruled lines are left out, and so is the table or shadow a photo may show along its
     edges (see _set_aside_edge_background)."""
+    return _find_ink(levels, name)[0]
+
+
+def _find_ink(levels, name):
+    """(find_ink's mask, its pieces as label_pieces numbers them). Most pictures lose no piece
+    on the way, so the pieces are numbered once, not for each step that looks at them."""
     mask = _drop_ruled_lines(_threshold(levels, name))
-    return _drop_specks(_set_aside_edge_background(levels, mask, name))
+    pieces = label_pieces(mask)
+    kept = _set_aside_edge_background(levels, mask, pieces, name)
+    return _drop_specks(kept, pieces if kept is mask else label_pieces(kept))
 
 
 def _threshold(levels, name):
@@ -331,15 +342,15 @@ def _border_ids(labels):
     return np.unique(edge[edge > 0])
 
 
-def _set_aside_edge_background(levels, mask, name):
+def _set_aside_edge_background(levels, mask, pieces, name):
     """The mask without the table around a photographed sheet, or a shadow at its edge.
 
     Such a region touches the picture's border, is often darker than any pen, and is solid: far
     thicker than a pen stroke. A digit cropped tightly touches the border too, but with strokes
     as thin as the rest of the ink. So the ink is looked for again away from the border pieces
     (their darkness may have pushed the first threshold past the pen), and only the border
-    pieces much thicker than that ink's strokes are set aside."""
-    labels, count = label_pieces(mask)
+    pieces much thicker than that ink's strokes are set aside. pieces: label_pieces(mask)."""
+    labels, count = pieces
     edge_ids = _border_ids(labels)
     if not len(edge_ids):
         return mask
@@ -371,17 +382,21 @@ def _set_aside_edge_background(levels, mask, name):
     return (mask & ~np.isin(labels, background_ids)) | inner
 
 
-def _drop_specks(mask):
-    """The ink mask without isolated specks (dust, noise, JPEG artefacts): 8-connected pieces
-    smaller than a tenth of the largest."""
-    labels, count = label_pieces(mask)
+def _drop_specks(mask, pieces):
+    """(mask, pieces): the ink mask without isolated specks (dust, noise, JPEG artefacts),
+    8-connected pieces smaller than a tenth of the largest, and its label_pieces. pieces:
+    label_pieces(mask)."""
+    labels, count = pieces
     if count <= 1:
-        return mask
+        return mask, pieces
     size = np.bincount(labels.ravel())
     size[0] = 0
     keep = size >= 0.1 * size.max()
     keep[0] = False
-    return keep[labels]
+    if keep[1:].all():
+        return mask, pieces
+    mask = keep[labels]
+    return mask, label_pieces(mask)
 
 
 def _drop_ruled_lines(mask):

@@ -79,7 +79,7 @@ def digit_groups(ink):
     """The ink's pieces grouped into digits, in no particular order: pieces one above the other,
     seen along the writing's common slant, make one digit (a 4 in two strokes, a broken 7, a 5
     whose bar floats); specks far smaller than the digits beside them are left out."""
-    labels, count = label_pieces(ink.mask)
+    labels, count = label_pieces(ink.mask) if ink.pieces is None else ink.pieces
     if count == 0:
         return []
     h, w = ink.mask.shape
