@@ -16,15 +16,23 @@ and CSS and needs no network. The API:
                         {"error": "<one sentence>"}
 
 Every request goes through the same preprocess.py / predict.py code as the command line, so the
-page and `python predict.py` never disagree about a picture.
+page and `python predict.py` never disagree about a picture. Pictures are read in --workers
+processes at once (one per CPU core by default), each with its own copy of the model.
 """
 import argparse
+import asyncio
 import errno
 import io
 import logging
+import multiprocessing
 import os
+import pickle
+import signal
 import socket
 import sys
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import torch
 import uvicorn
@@ -40,6 +48,9 @@ from mnist_cnn_model import MNIST_MEAN, MNIST_STD
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.html")
 # A phone photo is a few MB; ten is plenty and bounds the memory one request can take.
 MAX_BODY = 10 * 1024 * 1024
+# Each reader process holds its own torch and model (a few hundred MB); a page for people to draw
+# on gains little past four.
+MAX_WORKERS = 4
 
 log = logging.getLogger("app")
 
@@ -74,18 +85,30 @@ def seen_levels(tensor):
 def read_picture(model, data):
     """The answer of POST /api/predict for an image file's bytes (CPU work: run it off the event
     loop). Raises PredictError subclasses for bad pictures."""
-    # The ink is found once and read both ways, just as preprocess_image (the whole picture as
-    # one digit) and predict_digits (the number) each read it on their own: half the work.
+    # The ink is found once and read both ways, just as predict_digits (the number) and
+    # preprocess_image (the whole picture as one digit) each read it on their own.
     ink = preprocess.read_ink(open_upload(data))
-    probabilities = predict.predict_batch(model, [preprocess.to_mnist(ink.levels, ink.mask,
-                                                                      ink.name)])[0]
-    readings = predict.read_digits(model, ink)
+    try:
+        readings, failure = predict.read_digits(model, ink), None
+    except predict.NoDigitError as error:
+        readings, failure = [], error
+    if len(readings) == 1 and readings[0].all_ink:
+        # A single digit made of all the ink is the whole picture read as one digit: the same
+        # input in the same forward pass of one, so the same answer, computed once.
+        digit, probabilities = readings[0].digit, readings[0].probabilities
+    else:
+        # (When both readings fail, the sentence given is this one's, as when it came first.)
+        whole = predict.predict_batch(model, [preprocess.to_mnist(ink.levels, ink.mask,
+                                                                  ink.name)])[0]
+        digit, probabilities = int(whole.argmax()), whole.tolist()
+    if failure is not None:
+        raise failure
     return {
         "number": "".join(str(r.digit) for r in readings),
         "digits": [{"digit": r.digit, "probabilities": list(r.probabilities), "box": list(r.box),
                     "seen": seen_levels(r.image)} for r in readings],
-        "digit": int(probabilities.argmax()),
-        "probabilities": probabilities.tolist(),
+        "digit": digit,
+        "probabilities": list(probabilities),
     }
 
 
@@ -105,10 +128,92 @@ def too_large():
 
 
 # ---------------------------------------------------------------------------------------------
+# Reader processes: reading a picture is Python work that holds the GIL, so threads of one
+# process read one picture at a time however many cores there are.
+
+_reader_model = None  # in a reader process, its copy of the model
+
+
+def _start_reader(pickled_model, ready):
+    global _reader_model
+    # One process per core already keeps the cores busy; more threads would only fight them.
+    torch.set_num_threads(1)
+    _reader_model = pickle.loads(pickled_model)
+    # The server stops its readers, but if it is killed they must not linger: the pipe they
+    # were started through closes when it ends, whatever ends it.
+    threading.Thread(target=_exit_with_server, daemon=True).start()
+    ready.wait()  # the server announces its address once every reader has its model
+
+
+def _exit_with_server():
+    multiprocessing.parent_process().join()
+    os._exit(0)
+
+
+def _read_in_reader(data):
+    return read_picture(_reader_model, data)
+
+
+class Readers:
+    """count processes that read pictures in parallel, each with its own copy of model. If one
+    dies (killed, out of memory), its request fails with a 500 and a fresh set is started."""
+
+    def __init__(self, model, count):
+        self.pickled_model = pickle.dumps(model)
+        self.count = count
+        self.pool, self.started = self._start()
+
+    def _start(self):
+        context = multiprocessing.get_context("spawn")  # fork would copy the server's threads
+        pool = ProcessPoolExecutor(self.count, context, initializer=_start_reader,
+                                   initargs=(self.pickled_model, context.Barrier(self.count)))
+        # Ctrl-C in a terminal reaches every process of its group; the readers ignore it (they
+        # inherit that while they are started here) and are stopped by the server instead.
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+        try:
+            # The pool starts a process for each task it has no idle process for.
+            started = [pool.submit(os.getpid) for _ in range(self.count)]
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
+        return pool, started
+
+    def wait_until_ready(self):
+        """The readers' process ids, once all have loaded the model; raises BrokenProcessPool
+        if one failed to start."""
+        return [future.result() for future in self.started]
+
+    async def read(self, data):
+        pool = self.pool
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, _read_in_reader, data)
+        except BrokenProcessPool:
+            if pool is self.pool:
+                log.error("A reader process died; starting them again")
+                self.pool, self.started = self._start()
+                pool.shutdown(wait=False)
+            raise
+
+    def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def default_workers():
+    """One reader per CPU core this process may run on, at most MAX_WORKERS."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
+
+
+# ---------------------------------------------------------------------------------------------
 # The web app
 
-def create_app(model):
-    """The FastAPI app serving the page and the API with an already loaded model."""
+def create_app(model, readers=None):
+    """The FastAPI app serving the page and the API: with an already loaded model in this
+    process's worker threads, or in readers (a Readers) when given."""
     # No /docs or /redoc: FastAPI's pages for them load scripts from a CDN, and this app must
     # work with no network.
     app = FastAPI(title="MNIST digit reader", docs_url=None, redoc_url=None)
@@ -135,9 +240,12 @@ def create_app(model):
             if len(body) > MAX_BODY:
                 return too_large()
         try:
-            # Preprocessing and the network are CPU work: in a worker thread the event loop
-            # stays free to accept and answer other requests meanwhile.
-            return await run_in_threadpool(read_picture, model, bytes(body))
+            # Preprocessing and the network are CPU work: in a worker thread or process the
+            # event loop stays free to accept and answer other requests meanwhile.
+            if readers is not None:
+                answer = await readers.read(bytes(body))
+            else:
+                answer = await run_in_threadpool(read_picture, model, bytes(body))
         except predict.NoDigitError as error:
             return error_response(422, _sentence(error))
         except predict.PredictError as error:
@@ -146,6 +254,9 @@ def create_app(model):
             log.exception("Reading a picture failed unexpectedly")
             return error_response(500, "The server failed to read this picture; the details "
                                        "are in its log.")
+        # The answer holds only JSON's own types: returned as a dict, FastAPI would walk its
+        # thousand values through jsonable_encoder first (2 ms a request) to the same bytes.
+        return JSONResponse(answer)
 
     return app
 
@@ -192,9 +303,15 @@ def parse_args(argv=None):
                              "(default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000,
                         help="port to listen on, 0 for any free one (default: 8000)")
+    parser.add_argument("--workers", type=int, default=default_workers(), metavar="N",
+                        help=f"processes reading pictures at once; 1 reads them in the server's "
+                             f"own process (default: one per CPU core, at most {MAX_WORKERS}: "
+                             f"{default_workers()} here)")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be between 0 and 65535, not {args.port}")
+    if not 1 <= args.workers <= 64:
+        parser.error(f"--workers must be between 1 and 64, not {args.workers}")
     return args
 
 
@@ -214,20 +331,40 @@ def main(argv=None):
     # fighting over the cores (this network reads one image in about a millisecond anyway).
     torch.set_num_threads(1)
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
-    # uvicorn's access log would print a line for every stroke drawn; warnings and errors only.
-    config = uvicorn.Config(create_app(model), log_level="warning", access_log=False)
-    print(f"Open {url_of(sock)} in your browser to draw digits (Ctrl-C stops the server).",
-          flush=True)
+    readers = None
     try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:
-        # uvicorn shuts down cleanly on Ctrl-C, then raises it again for the caller: done.
-        pass
+        if args.workers > 1:
+            readers = Readers(model, args.workers)
+            try:
+                readers.wait_until_ready()
+            except BrokenProcessPool:
+                print(f"error: the {args.workers} reader processes could not start; try "
+                      f"--workers 1.", file=sys.stderr)
+                return 1
+        # uvicorn's access log would print a line for every stroke drawn; warnings and errors
+        # only.
+        config = uvicorn.Config(create_app(model, readers), log_level="warning",
+                                access_log=False)
+        print(f"Open {url_of(sock)} in your browser to draw digits (Ctrl-C stops the server).",
+              flush=True)
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:
+            # uvicorn shuts down cleanly on Ctrl-C (or `kill`), then raises it again for the
+            # caller: done.
+            pass
+    finally:
+        sock.close()
+        if readers is not None:
+            readers.close()
     print("Server stopped.")
     return 0
 
 
 if __name__ == "__main__":
+    # `kill` stops the server as Ctrl-C does: requests in flight are answered, the reader
+    # processes stopped, exit status 0.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         sys.exit(main())
     except KeyboardInterrupt:  # Ctrl-C while loading, before the server took over the signal

@@ -132,12 +132,14 @@ def predict_user_input(model, image_path):
 
 class DigitReading(NamedTuple):
     """One digit of a number: the digit (int), its ten probabilities (floats summing to 1), its
-    box (x0, y0, x1, y1) in the original picture's pixels (x1, y1 exclusive), and image, the
-    normalised 1x28x28 tensor the model read."""
+    box (x0, y0, x1, y1) in the original picture's pixels (x1, y1 exclusive), image, the
+    normalised 1x28x28 tensor the model read, and all_ink, whether the digit is all the ink in
+    the picture (image is then what preprocess_image makes of the picture)."""
     digit: int
     probabilities: list
     box: tuple
     image: torch.Tensor
+    all_ink: bool = False
 
 
 def predict_digits(model, image_path):
@@ -152,7 +154,8 @@ def read_digits(model, ink):
     if not digits:
         raise NoDigitError(f"No digit found in {ink.name}: the image is blank or uniform.")
     probs = predict_batch(model, [d.tensor for d in digits])
-    return [DigitReading(int(p.argmax()), p.tolist(), d.box, d.tensor) for d, p in zip(digits, probs)]
+    return [DigitReading(int(p.argmax()), p.tolist(), d.box, d.tensor, d.all_ink)
+            for d, p in zip(digits, probs)]
 
 
 def predict_number(model, image_path):

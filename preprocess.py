@@ -53,11 +53,13 @@ class NoDigitError(PredictError, ValueError):
 
 class Ink(NamedTuple):
     """A picture's ink: levels (float32, bright ink on 0, the background removed), mask (bool,
-    the pixels that are ink), scale (pixels of the original picture per pixel here), name."""
+    the pixels that are ink), scale (pixels of the original picture per pixel here), name, and
+    pieces, label_pieces(mask) when it is already known (None otherwise)."""
     levels: np.ndarray
     mask: np.ndarray
     scale: float
     name: str
+    pieces: tuple = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,17 +82,16 @@ def read_ink(image):
     grey = read_grey(img)
     levels = to_ink_polarity(remove_background(grey))
     try:
-        mask = find_ink(levels, name)
+        mask, pieces = _find_ink(levels, name)
     except NoDigitError:
         # A bold digit filling the picture leaves the paper only in the corners, and a curved
         # lighting surface can bend to follow the ink itself; a flat paper level cannot.
         levels = to_ink_polarity(grey - _paper_level(grey))
-        mask = find_ink(levels, name)
-    count = label_pieces(mask)[1]
-    if count > MAX_PIECES:
-        raise NoDigitError(f"No digit found in {name}: its ink lies in {count} separate pieces, "
+        mask, pieces = _find_ink(levels, name)
+    if pieces[1] > MAX_PIECES:
+        raise NoDigitError(f"No digit found in {name}: its ink lies in {pieces[1]} separate pieces, "
                            f"as in noise or a texture, not in handwriting.")
-    return Ink(levels, mask, scale, name)
+    return Ink(levels, mask, scale, name, pieces)
 
 
 def open_image(image, with_scale=False):
@@ -304,8 +305,16 @@ def find_ink(levels, name="the image"):
     blank or uniform image, or one whose 'ink' is no brighter than the background's own noise.
     Specks and ruled lines are left out, and so is the table or shadow a photo may show along its
     edges (see _set_aside_edge_background)."""
+    return _find_ink(levels, name)[0]
+
+
+def _find_ink(levels, name):
+    """(find_ink's mask, its pieces as label_pieces numbers them). Most pictures lose no piece
+    on the way, so the pieces are numbered once, not for each step that looks at them."""
     mask = _drop_ruled_lines(_threshold(levels, name))
-    return _drop_specks(_set_aside_edge_background(levels, mask, name))
+    pieces = label_pieces(mask)
+    kept = _set_aside_edge_background(levels, mask, pieces, name)
+    return _drop_specks(kept, pieces if kept is mask else label_pieces(kept))
 
 
 # A handwritten digit is one to three pieces of ink, and the longest numbers in the benchmarks
@@ -344,15 +353,15 @@ def _border_ids(labels):
     return np.unique(edge[edge > 0])
 
 
-def _set_aside_edge_background(levels, mask, name):
+def _set_aside_edge_background(levels, mask, pieces, name):
     """The mask without the table around a photographed sheet, or a shadow at its edge.
 
     Such a region touches the picture's border, is often darker than any pen, and is solid: far
     thicker than a pen stroke. A digit cropped tightly touches the border too, but with strokes
     as thin as the rest of the ink. So the ink is looked for again away from the border pieces
     (their darkness may have pushed the first threshold past the pen), and only the border
-    pieces much thicker than that ink's strokes are set aside."""
-    labels, count = label_pieces(mask)
+    pieces much thicker than that ink's strokes are set aside. pieces: label_pieces(mask)."""
+    labels, count = pieces
     edge_ids = _border_ids(labels)
     if not len(edge_ids):
         return mask
@@ -384,17 +393,21 @@ def _set_aside_edge_background(levels, mask, name):
     return (mask & ~np.isin(labels, background_ids)) | inner
 
 
-def _drop_specks(mask):
-    """The ink mask without isolated specks (dust, noise, JPEG artefacts): 8-connected pieces
-    smaller than a tenth of the largest."""
-    labels, count = label_pieces(mask)
+def _drop_specks(mask, pieces):
+    """(mask, pieces): the ink mask without isolated specks (dust, noise, JPEG artefacts),
+    8-connected pieces smaller than a tenth of the largest, and its label_pieces. pieces:
+    label_pieces(mask)."""
+    labels, count = pieces
     if count <= 1:
-        return mask
+        return mask, pieces
     size = np.bincount(labels.ravel())
     size[0] = 0
     keep = size >= 0.1 * size.max()
     keep[0] = False
-    return keep[labels]
+    if keep[1:].all():
+        return mask, pieces
+    mask = keep[labels]
+    return mask, label_pieces(mask)
 
 
 def _drop_ruled_lines(mask):
@@ -428,12 +441,17 @@ def _drop_ruled_lines(mask):
 
 def _long_runs(mask, length):
     """The pixels of mask that lie in a horizontal run of at least `length` pixels."""
-    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), np.int8)
-    padded[:, 1:-1] = mask
+    out = np.zeros(mask.shape, bool)
+    # Only a row with that much ink can hold such a run: counting first spares most pictures,
+    # which have none, the search for runs through every row.
+    candidates = np.flatnonzero(np.count_nonzero(mask, axis=1) >= length)
+    if not len(candidates):
+        return out
+    padded = np.zeros((len(candidates), mask.shape[1] + 2), np.int8)
+    padded[:, 1:-1] = mask[candidates]
     rows, starts = np.nonzero(np.diff(padded, axis=1) == 1)
     ends = np.nonzero(np.diff(padded, axis=1) == -1)[1]
-    out = np.zeros(mask.shape, bool)
-    for r, s, e in zip(rows, starts, ends):
+    for r, s, e in zip(candidates[rows], starts, ends):
         if e - s >= length:
             out[r, s:e] = True
     return out
@@ -465,7 +483,9 @@ def crop_to_ink(levels, mask):
     soft = np.clip((levels - floor) / max(solid - floor, 1e-6), 0.0, 1.0)
     # Pixels left out of the mask (specks, a neighbouring digit) are left out of the picture too,
     # but the anti-aliased rim of the mask's own strokes is kept.
-    return np.where(ndimage.binary_dilation(inside, EIGHT_CONNECTED, iterations=2), soft,
+    # (Two 8-connected dilations, as one separable 5x5 maximum: the same pixels, a third of
+    # the time.)
+    return np.where(ndimage.maximum_filter(inside, size=5, mode="constant"), soft,
                     0.0).astype(np.float32)
 
 
@@ -481,8 +501,12 @@ def stroke_width(mask):
     area = int(mask.sum())
     if area == 0:
         return 0.0
-    # The interior is what a cross-shaped (4-connected) erosion keeps; the rest is the boundary.
-    boundary = area - int(ndimage.binary_erosion(mask, border_value=0).sum())
+    # The interior is what a cross-shaped (4-connected) erosion keeps (the pixels whose four
+    # neighbours are ink, outside the picture counting as paper); the rest is the boundary.
+    padded = np.pad(mask, 1)
+    interior = (mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2]
+                & padded[1:-1, 2:])
+    boundary = area - int(np.count_nonzero(interior))
     return 2.0 * area / max(boundary, 1)
 
 

@@ -22,9 +22,11 @@ from preprocess import NoDigitError, label_pieces, read_ink, stroke_width, to_mn
 
 class Digit(NamedTuple):
     """One digit found in a picture: box (x0, y0, x1, y1) in the original picture's pixels,
-    x1 and y1 exclusive; tensor, the normalised 1x28x28 the model reads."""
+    x1 and y1 exclusive; tensor, the normalised 1x28x28 the model reads; all_ink, whether it is
+    all the ink in the picture (its tensor is then what preprocess_image makes of the picture)."""
     box: tuple
     tensor: torch.Tensor
+    all_ink: bool = False
 
 
 def find_digits(image, classify):
@@ -47,11 +49,15 @@ def split_number(ink, classify):
         return []
     line = float(np.median([g.height for g in groups if g.height >= 0.5 * max(x.height for x in groups)]))
     digits = []
+    # A digit's mask is part of the ink's, so it is all the ink when it has as many pixels.
+    ink_pixels = np.count_nonzero(ink.mask)
     for group in groups:
         for box, part, tensor in _choose_digits(ink, group, _atoms(ink, group, line), line, classify):
             if tensor is None:
                 tensor = to_mnist(ink.levels[box], part, ink.name)
-            digits.append((float(group.sheared[box][part].mean()), Digit(_original_box(box, ink.scale), tensor)))
+            all_ink = bool(np.count_nonzero(part) == ink_pixels)
+            digits.append((float(group.sheared[box][part].mean()),
+                           Digit(_original_box(box, ink.scale), tensor, all_ink)))
     digits.sort(key=lambda d: d[0])
     return [digit for _, digit in digits]
 
@@ -73,7 +79,7 @@ def digit_groups(ink):
     """The ink's pieces grouped into digits, in no particular order: pieces one above the other,
     seen along the writing's common slant, make one digit (a 4 in two strokes, a broken 7, a 5
     whose bar floats); specks far smaller than the digits beside them are left out."""
-    labels, count = label_pieces(ink.mask)
+    labels, count = label_pieces(ink.mask) if ink.pieces is None else ink.pieces
     if count == 0:
         return []
     h, w = ink.mask.shape
@@ -167,8 +173,8 @@ def _atoms(ink, group, line):
     offset = width - region.shape[1] - shift  # u = x + offset[r]
     cuts = _cut_starts(upright.sum(axis=0), line)
     paths = [np.zeros(len(rows), int)]
-    for c in cuts:
-        paths.append(np.maximum(_cheapest_path(upright, c, max(2, int(REACH * line))), paths[-1]))
+    for path in _cheapest_paths(upright, cuts, max(2, int(REACH * line))):
+        paths.append(np.maximum(path, paths[-1]))
     paths.append(np.full(len(rows), width))
     # What a cut costs: the ink it crosses, in strokes (a stroke's width of solid ink).
     pen = max(stroke_width(region), 1.0) * float(np.median(levels[region]))
@@ -208,34 +214,39 @@ def _cut_starts(profile, line):
     return sorted(cuts)
 
 
-def _cheapest_path(cost, start, reach):
-    """For each row of cost, the column of a path from top to bottom that stays within reach of
-    column start, moves at most one column a row, and crosses the least cost."""
+def _cheapest_paths(cost, starts, reach):
+    """For each start column, the column in each row of a path from the top of cost to its
+    bottom that stays within reach of start, moves at most one column a row, and crosses the
+    least cost: an array of len(starts) paths by rows."""
     h, w = cost.shape
-    lo, hi = max(0, start - reach), min(w, start + reach + 1)
-    band = cost[:, lo:hi] + 1e-3 * np.abs(np.arange(lo, hi) - start)  # straight when it is free
-    total = band[0].copy()
-    step = np.zeros(band.shape, np.int8)
-    shifted = np.full(total.shape, np.inf)
+    # Every start's band of columns at once, one row at a time (a row's work per start is too
+    # small to pay for its own NumPy calls). Columns off the picture cost infinity, so no path
+    # goes there: each path is the one its band alone would give.
+    columns = np.asarray(starts, int)[:, None] + np.arange(-reach, reach + 1)
+    off = (columns < 0) | (columns >= w)
+    from_start = np.abs(columns - columns[:, reach:reach + 1])
+    band = cost[:, np.clip(columns, 0, w - 1)] + 1e-3 * from_start  # straight when it is free
+    band[:, off] = np.inf
+    # total[r, :, 1:-1] is the cheapest way down to each cell of row r; the first and last
+    # columns stay infinite, so that the cells beside each one are plain views.
+    total = np.full((h, len(columns), columns.shape[1] + 2), np.inf)
+    total[0, :, 1:-1] = band[0]
+    best = np.empty(band.shape[1:])
     for r in range(1, h):
-        # The cheapest of the three cells above: straight up, or one column either side.
-        best = total.copy()
-        shifted[1:] = total[:-1]
-        shifted[0] = np.inf
-        from_left = shifted < best
-        best[from_left] = shifted[from_left]
-        step[r][from_left] = -1
-        shifted[:-1] = total[1:]
-        shifted[-1] = np.inf
-        from_right = shifted < best
-        best[from_right] = shifted[from_right]
-        step[r][from_right] = 1
-        total = band[r] + best
-    path = np.empty(h, int)
-    path[-1] = int(np.argmin(total))
+        np.minimum(total[r - 1, :, 1:-1], total[r - 1, :, :-2], out=best)
+        np.minimum(best, total[r - 1, :, 2:], out=best)
+        np.add(band[r], best, out=total[r, :, 1:-1])
+    # Which cell above each cell came from: straight up, or one column either side only when
+    # strictly cheaper, the left one first.
+    above, left, right = total[:-1, :, 1:-1], total[:-1, :, :-2], total[:-1, :, 2:]
+    from_right = right < np.minimum(above, left)
+    step = from_right.view(np.int8) - ((left < above) & ~from_right).view(np.int8)
+    paths = np.empty((len(columns), h), int)
+    paths[:, -1] = np.argmin(total[-1, :, 1:-1], axis=1)
+    chosen = np.arange(len(columns))
     for r in range(h - 1, 0, -1):
-        path[r - 1] = path[r] + step[r, path[r]]
-    return path + lo
+        paths[:, r - 1] = paths[:, r] + step[r - 1, chosen, paths[:, r]]
+    return paths + columns[:, :1]
 
 
 # How wide single handwritten digits are: for each digit 0-9, the density of its ink box's width

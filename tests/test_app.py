@@ -16,6 +16,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -141,9 +143,10 @@ def test_photos_in_any_format_pillow_reads_are_read(client, fmt):
     assert post(client, photo_of("7", fmt)).json()["number"] == "7"
 
 
-def test_the_api_reads_a_picture_as_predict_py_does(client, reader_weights, tmp_path):
+@pytest.mark.parametrize("text", ["7", "42"])
+def test_the_api_reads_a_picture_as_predict_py_does(client, reader_weights, tmp_path, text):
     path = tmp_path / "number.png"
-    path.write_bytes(canvas_png("42"))
+    path.write_bytes(canvas_png(text))
     model = predict.load_model(reader_weights)
     digit, probabilities = predict.predict_with_probabilities(model, path)
     answer = post(client, path.read_bytes()).json()
@@ -244,7 +247,7 @@ def server(reader_weights):
 
 
 def test_server_process_answers_then_ctrl_c_stops_it_with_exit_0(reader_weights):
-    process, url = start_server(reader_weights)
+    process, url = start_server(reader_weights, "--workers", "1")
     try:
         assert httpx.get(url + "api/health", timeout=10).json() == {"status": "ok"}
         answer = httpx.post(url + "api/predict", content=canvas_png("7"), timeout=30).json()
@@ -254,6 +257,105 @@ def test_server_process_answers_then_ctrl_c_stops_it_with_exit_0(reader_weights)
     assert code == 0 and "Traceback" not in err, err
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "api/health", timeout=5)
+
+
+def children(pid):
+    """The process ids whose parent is pid (Linux's /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # pid (name) state ppid ...: the name may hold spaces, so split after it.
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def readers_of(process):
+    """The reader processes of a server started with --workers N > 1."""
+    def is_reader(pid):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"spawn_main" in f.read()
+    return [pid for pid in children(process.pid) if is_reader(pid)]
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        utime, stime = f.read().rsplit(")", 1)[1].split()[11:13]
+    return int(utime) + int(stime)
+
+
+def assert_gone(pids, within=10):
+    """Every one of pids has ended (and was reaped), within `within` seconds."""
+    deadline = time.monotonic() + within
+    while any(os.path.exists(f"/proc/{pid}") for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")], "processes left behind"
+
+
+def post_in_parallel(url, bodies):
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda body: httpx.post(url + "api/predict", content=body,
+                                                     timeout=60), bodies))
+
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"),
+                                reason="finding a server's processes needs Linux's /proc")
+
+
+@needs_proc
+def test_two_readers_share_the_pictures_and_ctrl_c_stops_them_all(reader_weights):
+    process, url = start_server(reader_weights, "--workers", "2")
+    try:
+        readers = readers_of(process)
+        assert len(readers) == 2
+        others = set(children(process.pid)) - set(readers)  # multiprocessing's resource tracker
+        before = {pid: cpu_ticks(pid) for pid in readers}
+        answers = post_in_parallel(url, [canvas_png("7"), canvas_png("42")] * 8)
+        assert [a.json()["number"] for a in answers] == ["7", "42"] * 8
+        # Both readers did some of the reading (a tick is 10 ms; a picture takes about 20).
+        assert all(cpu_ticks(pid) > before[pid] for pid in readers)
+    finally:
+        code, err = stop_server(process)
+    assert code == 0 and "Traceback" not in err, err
+    assert_gone(readers + list(others))
+
+
+@needs_proc
+def test_kill_stops_the_server_and_its_readers_as_ctrl_c_does(reader_weights):
+    process, url = start_server(reader_weights, "--workers", "2")
+    processes = children(process.pid)
+    assert httpx.post(url + "api/predict", content=canvas_png("7"), timeout=30).status_code == 200
+    process.terminate()
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 0 and "Traceback" not in err, err
+    assert_gone(processes)
+
+
+@needs_proc
+def test_a_reader_that_dies_costs_at_most_one_answer(reader_weights):
+    process, url = start_server(reader_weights, "--workers", "2")
+    try:
+        dead = readers_of(process)[0]
+        os.kill(dead, signal.SIGKILL)
+        assert_gone([dead])
+        first = httpx.post(url + "api/predict", content=canvas_png("7"), timeout=60)
+        if first.status_code != 200:
+            assert_one_sentence(first, 500, "failed")
+        # A fresh pair of readers takes over.
+        answers = post_in_parallel(url, [canvas_png("7")] * 4)
+        assert [a.json()["number"] for a in answers] == ["7"] * 4
+        assert len(readers_of(process)) == 2 and dead not in readers_of(process)
+    finally:
+        code, err = stop_server(process)
+    assert code == 0, err
+
+
+def test_workers_must_be_a_positive_count():
+    result = run_app("--workers", "0")
+    assert result.returncode == 2 and "--workers must be between 1 and 64" in result.stderr
 
 
 def run_app(*args):

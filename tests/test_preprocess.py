@@ -370,3 +370,20 @@ def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
     (a0, _, a1, _), (b0, _, b1, _) = digits[0].box, digits[1].box
     assert b1 > a1
     assert a0 < b0 and abs(a1 - 116) < 10 and abs(b0 - 122) < 10
+
+
+def test_a_digit_says_whether_it_is_all_the_ink():
+    """all_ink lets the app take a one-digit number's reading for the whole picture's, so it
+    must hold exactly when the digit's input is the one preprocess_image makes."""
+    def classify(batch):
+        return torch.full((len(batch), 10), 0.1)
+    img, _ = number_picture([7])
+    [seven] = segment.find_digits(img, classify)
+    assert seven.all_ink and torch.equal(seven.tensor, preprocess.preprocess_image(img))
+    # A blot too small to be a digit beside it is still ink of the picture, read as one digit.
+    ImageDraw.Draw(img).ellipse([134, 94, 146, 106], fill=0)
+    [seven] = segment.find_digits(img, classify)
+    assert not seven.all_ink
+    assert not torch.equal(seven.tensor, preprocess.preprocess_image(img))
+    img, _ = number_picture([5, 7])
+    assert [d.all_ink for d in segment.find_digits(img, classify)] == [False, False]
