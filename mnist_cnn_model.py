@@ -10,6 +10,7 @@ saved as a plain state_dict to mnist_cnn.pt; predict.py reads them.
 """
 import argparse
 import contextlib
+import ctypes
 import errno
 import gzip
 import hashlib
@@ -131,14 +132,27 @@ def prepare_mnist(data_dir):
         _unpack(path + ".gz", path, expected_sha)
 
 
+def read_idx(path):
+    """The array in an IDX file (MNIST's format) as a uint8 tensor: a 4-byte header whose last byte
+    is the number of dimensions, then each dimension as a big-endian 32-bit integer, then the data."""
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    ndim = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return torch.frombuffer(data, dtype=torch.uint8, offset=4 + 4 * ndim).view(shape)
+
+
 def load_mnist(data_dir, train, device="cpu"):
     """The whole MNIST split as normalised tensors: images (N, 1, 28, 28) float32, labels (N,)."""
-    from torchvision.datasets import MNIST
-
     prepare_mnist(data_dir)
-    dataset = MNIST(data_dir, train=train, download=False)
-    images = (dataset.data.unsqueeze(1).float() / 255 - MNIST_MEAN) / MNIST_STD
-    return images.to(device), dataset.targets.to(device)
+    # Read directly rather than through torchvision's MNIST class: importing torchvision takes
+    # longer than reading the files, and these are the same bytes (prepare_mnist checked them).
+    prefix = os.path.join(data_dir, "MNIST", "raw", "train" if train else "t10k")
+    images = read_idx(f"{prefix}-images-idx3-ubyte")
+    labels = read_idx(f"{prefix}-labels-idx1-ubyte").long()
+    # In place: the same arithmetic, without two more copies of the 188 MB training set.
+    images = images.unsqueeze(1).float().div_(255).sub_(MNIST_MEAN).div_(MNIST_STD)
+    return images.to(device), labels.to(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,6 +315,21 @@ def native_bf16(device):
     return bool(flags & {"amx_bf16", "avx512_bf16"})
 
 
+def keep_freed_memory():
+    """Ask glibc's malloc to reuse freed memory instead of returning it to the system. A training
+    step frees and reallocates megabyte-sized activations and gradients; by default glibc hands
+    many of them back and the next step faults the pages in again: 1 to 4 ms of kernel time per
+    step on the 2-core CPU here, none with this. The numbers computed do not change."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc (macOS, Windows, musl): nothing to tune
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum; the data set is larger and is mmapped
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
+
+
 def autocast(device, precision):
     """The context for the forward pass and the loss. bf16 mixed precision: the convolutions and
     matrix products run in bf16 while the weights, their gradients and Adam's state stay fp32; bf16
@@ -374,15 +403,21 @@ def save_figures(run_dir, history, confusion, mistakes):
     fig.colorbar(im, ax=ax, label="count + 1")
     save_png(fig, os.path.join(run_dir, "confusion_matrix.png"))
 
+    # The digits are pasted into one picture with their labels above them: one axes instead of
+    # one per digit renders in 0.2 s instead of 1.6 s.
     cols = 8
     rows = max(1, math.ceil(len(mistakes) / cols))
-    fig = Figure(figsize=(cols * 1.2, rows * 1.4), layout="constrained")
-    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
-    for ax, (image, true, pred) in zip(axes, mistakes):
-        ax.imshow(image.numpy(), cmap="gray")
-        ax.set_title(f"true {true} / pred {pred}", fontsize=8)
-    for ax in axes:
-        ax.axis("off")
+    cell_w, cell_h = 32, 39  # a 28x28 digit, a white margin, and room for its label above it
+    mosaic = torch.ones(rows * cell_h, cols * cell_w)
+    fig = Figure(figsize=(cols * 1.2, rows * 1.4 + 0.4))
+    ax = fig.add_axes((0, 0, 1, 1 - 0.5 / (rows * 1.4 + 0.4)))
+    for k, (image, true, pred) in enumerate(mistakes):
+        row, col = divmod(k, cols)
+        top, left = row * cell_h + 10, col * cell_w + 2
+        mosaic[top:top + 28, left:left + 28] = image
+        ax.text(left + 14, top - 2, f"true {true} / pred {pred}", fontsize=8, ha="center")
+    ax.imshow(mosaic.numpy(), cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
     fig.suptitle(f"Misclassified test digits (first {len(mistakes)})")
     save_png(fig, os.path.join(run_dir, "mistakes.png"))
 
@@ -488,6 +523,7 @@ def main(argv=None):
 
 
 def train(config, device, run_dir, checkpoint, min_accuracy):
+    keep_freed_memory()
     try:
         train_images, train_labels = load_mnist(config["data_dir"], train=True, device=device)
         test_images, test_labels = load_mnist(config["data_dir"], train=False, device=device)

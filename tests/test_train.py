@@ -104,6 +104,14 @@ def test_embedded_data_is_mnist(mnist_train_set, mnist_test_set):
     assert abs(train_x.mean().item()) < 1e-3 and abs(train_x.std().item() - 1) < 1e-3
 
 
+
+def test_our_idx_reader_gives_torchvision_s_mnist_exactly(repo_root):
+    for train in (True, False):
+        ours = m.load_mnist(os.path.join(repo_root, "data"), train=train)
+        theirs = MNIST(os.path.join(repo_root, "data"), train=train, download=False)
+        assert torch.equal(ours[1], theirs.targets) and ours[1].dtype == theirs.targets.dtype
+        assert torch.equal(ours[0], (theirs.data.unsqueeze(1).float() / 255 - m.MNIST_MEAN) / m.MNIST_STD)
+
 def copy_embedded(dest):
     raw = dest / "MNIST" / "raw"
     raw.mkdir(parents=True)
