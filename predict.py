@@ -19,7 +19,8 @@ From Python:
 Pictures become what MNIST digits look like in preprocess.py, and a number is split into its
 digits in segment.py. Problems are raised as PredictError
 subclasses with a one-sentence message: WeightsNotFoundError, BadWeightsError, ImageNotFoundError,
-NotAnImageError and NoDigitError (the image is blank or uniform: nothing to read).
+NotAnImageError and NoDigitError (nothing to read: the image is blank or uniform, under 3 pixels
+on a side, or noise rather than handwriting).
 """
 import argparse
 import os

@@ -222,7 +222,7 @@ def remove_background(grey):
     # a surface that leaves that range is following a bold digit's strokes, not the lighting
     # (and would turn the digit inside out). Then a flat paper level is the better guess.
     lo, hi = values.min() - 0.05, values.max() + 0.05
-    fits = [fit for fit in fits if lo <= (basis @ fit[0]).min() and (basis @ fit[0]).max() <= hi]
+    fits = [fit for fit in fits if lo <= (surface := basis @ fit[0]).min() and surface.max() <= hi]
     if not fits:
         return grey - _paper_level(grey)
     c = min(fits, key=lambda fit: fit[1])[0].astype(np.float32)
@@ -421,8 +421,8 @@ def _drop_ruled_lines(mask):
     if not lines.any():
         return mask
     labels, count = label_pieces(mask & ~ndimage.binary_dilation(lines, iterations=1))
-    clear = [s for k, s in enumerate(ndimage.find_objects(labels), start=1)
-             if k not in set(_border_ids(labels))]
+    border = set(_border_ids(labels))
+    clear = [s for k, s in enumerate(ndimage.find_objects(labels), start=1) if k not in border]
     if not clear:
         return mask
     tall = max(max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in clear)
