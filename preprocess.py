@@ -210,6 +210,12 @@ def remove_background(grey):
     ys = ys.ravel() * step / max(h - 1, 1)
     xs = xs.ravel() * step / max(w - 1, 1)
     values = sample.ravel().astype(np.float64)
+    # A background of one exact grey level (a canvas or a drawing program's export, a cleaned
+    # scan) has no lighting to fit: with half the pixels alike, the robust fit below would only
+    # converge to that flat level, at four times the cost of this whole function otherwise.
+    level = np.median(values)
+    if 2 * np.count_nonzero(values == level) >= values.size:
+        return grey - np.float32(level)
     basis = np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], axis=1)
     # Two starting guesses for which pixels are paper: all of them (right when the ink is thin,
     # however uneven the light), or the larger side of an Otsu split (right when a bold digit

@@ -139,6 +139,19 @@ def test_uneven_lighting_and_tinted_paper_are_removed(tmp_path):
     assert np.abs(seen(path) - reference).mean() < 0.03
 
 
+def test_paper_of_one_exact_grey_is_taken_flat_under_a_bold_digit():
+    # A drawing program's export: the paper is exactly 200 everywhere and a bold 7 covers much of
+    # the picture. Nothing may bend towards the ink: the paper comes out at 0, the ink at its
+    # own contrast, the same everywhere.
+    img = draw_seven(size=(120, 120), box=(20, 15, 100, 105), width=30, ink=30, paper=200)
+    grey = preprocess.read_grey(img)
+    residual = preprocess.remove_background(grey)
+    assert (residual[grey == grey.max()] == 0).all()
+    ink = np.asarray(img) == 30
+    assert ink.mean() > 0.3
+    np.testing.assert_allclose(residual[ink], -170 / 255, atol=1e-6)
+
+
 def test_isolated_specks_do_not_move_the_digit():
     img = draw_seven(size=(400, 400), box=(150, 120, 250, 300), width=12)
     ImageDraw.Draw(img).ellipse([10, 10, 13, 13], fill=0)     # dust in a corner
