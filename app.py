@@ -39,7 +39,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 import predict
 import preprocess
@@ -112,6 +112,17 @@ def read_picture(model, data):
     }
 
 
+def warm_up(model):
+    """Read one small drawing, so that the first picture a person sends does not pay for the
+    set-up torch, NumPy and SciPy do on their first call (its answer would come several times
+    slower than the next ones')."""
+    img = Image.new("L", (120, 80), 255)
+    ImageDraw.Draw(img).line([(40, 15), (80, 15), (55, 65)], fill=0, width=8)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    read_picture(model, buf.getvalue())
+
+
 def _sentence(error):
     # predict's messages name "the image" mid-sentence; an answer on its own starts with a capital.
     text = str(error)
@@ -139,6 +150,7 @@ def _start_reader(pickled_model, ready):
     # One process per core already keeps the cores busy; more threads would only fight them.
     torch.set_num_threads(1)
     _reader_model = pickle.loads(pickled_model)
+    warm_up(_reader_model)
     # The server stops its readers, but if it is killed they must not linger: the pipe they
     # were started through closes when it ends, whatever ends it.
     threading.Thread(target=_exit_with_server, daemon=True).start()
@@ -341,6 +353,8 @@ def main(argv=None):
                 print(f"error: the {args.workers} reader processes could not start; try "
                       f"--workers 1.", file=sys.stderr)
                 return 1
+        else:
+            warm_up(model)
         # uvicorn's access log would print a line for every stroke drawn; warnings and errors
         # only.
         config = uvicorn.Config(create_app(model, readers), log_level="warning",
