@@ -211,11 +211,16 @@ def remove_background(grey):
     xs = xs.ravel() * step / max(w - 1, 1)
     values = sample.ravel().astype(np.float64)
     # A background of one exact grey level (a canvas or a drawing program's export, a cleaned
-    # scan) has no lighting to fit: with half the pixels alike, the robust fit below would only
-    # converge to that flat level, at four times the cost of this whole function otherwise.
+    # scan) has no lighting to fit, and fitting costs most of this function's time. It is that
+    # when half the pixels are alike and the rest are ink with its soft edges; not when values
+    # near the level lie away from any ink, as where a sheet blown out to pure white by the
+    # light fades into shadow.
     level = np.median(values)
-    if 2 * np.count_nonzero(values == level) >= values.size:
-        return grey - np.float32(level)
+    alike = sample == level
+    if 2 * np.count_nonzero(alike) >= alike.size:
+        near_ink = ndimage.binary_dilation(np.abs(sample - level) >= 0.15, iterations=2)
+        if np.count_nonzero(~alike & ~near_ink) <= 0.01 * alike.size:
+            return grey - np.float32(level)
     basis = np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], axis=1)
     # Two starting guesses for which pixels are paper: all of them (right when the ink is thin,
     # however uneven the light), or the larger side of an Otsu split (right when a bold digit

@@ -152,6 +152,22 @@ def test_paper_of_one_exact_grey_is_taken_flat_under_a_bold_digit():
     np.testing.assert_allclose(residual[ink], -170 / 255, atol=1e-6)
 
 
+def test_a_blown_out_sheet_fading_into_shadow_is_not_taken_for_flat_paper():
+    # Half the sheet is clipped to pure white by the light and the rest fades into shadow: half
+    # the pixels share one exact level, as on a drawing program's canvas, but the paper is not
+    # flat, and removing the background must still leave all of it near 0.
+    x = np.linspace(0, 1, 320, dtype=np.float32)[None, :].repeat(240, axis=0)
+    paper = np.clip(1.62 - 1.2 * x, 0, 1)
+    pencil = np.asarray(draw_seven(size=(320, 240), box=(30, 40, 130, 200), width=8)) < 128
+    grey = np.where(pencil, paper - 0.2, paper)
+    img = Image.fromarray(np.round(grey * 255).astype(np.uint8))
+    residual = preprocess.remove_background(preprocess.read_grey(img))
+    assert np.abs(residual[~pencil]).max() < 0.1
+    ink = preprocess.read_ink(img)
+    assert (ink.mask & pencil).sum() > 0.8 * pencil.sum()
+    assert (ink.mask & ~pencil).sum() < 0.2 * pencil.sum()
+
+
 def test_isolated_specks_do_not_move_the_digit():
     img = draw_seven(size=(400, 400), box=(150, 120, 250, 300), width=12)
     ImageDraw.Draw(img).ellipse([10, 10, 13, 13], fill=0)     # dust in a corner
