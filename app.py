@@ -120,7 +120,10 @@ def warm_up(model):
     ImageDraw.Draw(img).line([(40, 15), (80, 15), (55, 65)], fill=0, width=8)
     buf = io.BytesIO()
     img.save(buf, "PNG")
-    read_picture(model, buf.getvalue())
+    try:
+        read_picture(model, buf.getvalue())
+    except Exception as error:  # only the first answer's speed is at stake: serve regardless
+        log.warning("Reading a first drawing at start-up failed (%s); serving anyway.", error)
 
 
 def _sentence(error):

@@ -11,8 +11,9 @@ drawings as the page does, the next one as soon as the last is answered (a user 
 exactly one request in flight), until REQUESTS have been sent in all or SECONDS have passed,
 whichever comes first. The drawings are MNIST *test* digits written dark on the page's white
 480x320 pad, as a finger or mouse leaves them, posted as the page posts them: at half the pad's
-resolution, 240x160 (--full-pad: at 480x320, as an API client might post the pad). Prints requests per second, the latency's p50, p95 and
-maximum, the errors (anything but a 200), how many answers were the right number, and the machine.
+resolution, 240x160 (--full-pad: at 480x320, as an API client might post the pad). Prints
+requests per second, the latency's p50, p95 and maximum, the errors (anything but a 200), how
+many answers were the right number, and the machine.
 """
 import argparse
 import io
