@@ -87,8 +87,8 @@ def run_clients(url, drawings, clients, requests, seconds):
     latencies, errors, right = [], [0], [0]
     deadline = time.perf_counter() + seconds
 
-    def client():
-        with httpx.Client(timeout=30) as http:
+    def client(http):
+        with http:
             while True:
                 with lock:
                     if sent[0] >= requests or time.perf_counter() >= deadline:
@@ -108,7 +108,10 @@ def run_clients(url, drawings, clients, requests, seconds):
                     errors[0] += not ok
                     right[0] += answer == number
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    # Made before any request is timed: making one loads certificates (tens of milliseconds,
+    # holding the interpreter lock), which would stall the threads already posting.
+    threads = [threading.Thread(target=client, args=(httpx.Client(timeout=30),))
+               for _ in range(clients)]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -155,7 +158,8 @@ def main(argv=None):
     process, url = start_server(args.weights)
     try:
         # The first requests pay for lazy set-up (thread pool, caches): not what a user waits.
-        run_clients(url, drawings, 1, args.warmup, args.seconds)
+        # As many clients as will be timed, so that every reader process gets its share.
+        run_clients(url, drawings, args.clients, args.warmup, args.seconds)
         latencies, errors, right, wall = run_clients(url, drawings, args.clients, args.requests,
                                                      args.seconds)
     finally:
