@@ -368,11 +368,11 @@ def main(argv=None):
                 return 1
         else:
             warm_up(model)
-        _spare_from_garbage_collection()
         # uvicorn's access log would print a line for every stroke drawn; warnings and errors
         # only.
         config = uvicorn.Config(create_app(model, readers), log_level="warning",
                                 access_log=False)
+        _spare_from_garbage_collection()  # the app's own routes and models included
         print(f"Open {url_of(sock)} in your browser to draw digits (Ctrl-C stops the server).",
               flush=True)
         try:
