@@ -193,6 +193,97 @@ def augment_batch(images, generator):
     return F.grid_sample(images - background, grid, align_corners=False) + background
 
 
+# Each augmented batch gets this share of its size again as pieces of numbers that are not one
+# digit, and as many digits cut with a sliver of their neighbour (see number_pieces); the batch's
+# own digits all stay, so single digits are learnt as well as before.
+PIECES = 0.125
+
+
+def _move(ink, scale, dx):
+    """Each image of ink (background 0) scaled by scale[i] about its centre, then moved dx[i]
+    pixels right: the source column c lands at 13.5 + scale * (c - 13.5) + dx."""
+    theta = torch.zeros(len(ink), 2, 3, device=ink.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
+    theta[:, 0, 2] = -dx / scale * (2 / 28)  # affine_grid works in [-1, 1] coordinates
+    grid = F.affine_grid(theta, list(ink.shape), align_corners=False)
+    return F.grid_sample(ink, grid, align_corners=False)
+
+
+def _ink_columns(ink):
+    """The first and last column of each image that holds ink."""
+    inked = (ink[:, 0] > 0.3).any(1)
+    column = torch.arange(28, device=ink.device).expand_as(inked)
+    return (torch.where(inked, column, 28).min(1).values.float(),
+            torch.where(inked, column, -1).max(1).values.float())
+
+
+def _centred(ink):
+    """Each image moved sideways so that its ink's centre of mass is at the centre, as
+    predict.py centres what it reads."""
+    mass = ink[:, 0].sum(1)
+    centre = (mass * torch.arange(28., device=ink.device)).sum(1) / mass.sum(1).clamp_min(1e-6)
+    return _move(ink, torch.ones_like(centre), 13.5 - centre)
+
+
+def number_pieces(images, generator):
+    """(not_digits, still_digits) made from a batch of normalised images, as predict.py's
+    number reader meets them when it tries cuts through digits that touch (segment.py), so that
+    the model is unsure of the first and still reads the second:
+    - not_digits: each image with another one touching it on its right, the pair shrunk to
+      fit the 20-pixel box; or, for digits at least 10 pixels wide (half a 1 is still a 1), the
+      ink left or right of a cut 35-65% of the way across;
+    - still_digits: each image with 2-6 columns of another's edge touching it, or with 1-3
+      columns of its own ink cut off, on a random side."""
+    ink = images * MNIST_STD + MNIST_MEAN
+    n, device = len(ink), ink.device
+    other = ink[torch.randperm(n, generator=generator).to(device)]
+    u = torch.rand(n, 6, generator=generator).to(device)
+    left, right = _ink_columns(ink)
+    o_left, o_right = _ink_columns(other)
+    column = torch.arange(28., device=device).view(1, 1, 1, 28)
+
+    def as_image(per_image):  # one value per image, broadcast over its pixels
+        return per_image.view(-1, 1, 1, 1)
+
+    # Two digits taken as one: other's ink starts 0-3 columns before ink's ends.
+    overlap = 3 * u[:, 0]
+    offset = right + 1 - overlap - o_left  # other's column c sits at ink's column c + offset
+    width = right + 1 - left + o_right + 1 - o_left - overlap
+    scale = 20 / width.clamp_min(20)
+    centre = left + width / 2 - 0.5
+    pair = torch.maximum(_move(ink, scale, -scale * (centre - 13.5)),
+                         _move(other, scale, -scale * (centre - offset - 13.5)))
+    cut = as_image(left + (0.35 + 0.3 * u[:, 1]) * (right - left))
+    half = _centred(torch.where(as_image(u[:, 2] < 0.5), ink * (column <= cut), ink * (column > cut)))
+    not_digits = torch.where(as_image((u[:, 3] < 0.5) & (right - left >= 10)), half, pair)
+    # A digit and a sliver of its neighbour, or a digit missing a sliver.
+    on_right = as_image(u[:, 5] < 0.5)
+    band = as_image(2 + 4 * u[:, 4])
+    gap = 1 - 3 * u[:, 0]
+    neighbour = torch.where(
+        on_right,
+        _move(other * (column < as_image(o_left) + band), torch.ones_like(gap), right + 1 + gap - o_left),
+        _move(other * (column > as_image(o_right) - band), torch.ones_like(gap), left - 1 - gap - o_right))
+    sliver = as_image(1 + 2 * u[:, 4])
+    clipped = torch.where(on_right, ink * (column <= as_image(right) - sliver),
+                          ink * (column >= as_image(left) + sliver))
+    still_digits = _centred(torch.where(as_image(u[:, 1] < 0.6), torch.maximum(ink, neighbour), clipped))
+    return (not_digits - MNIST_MEAN) / MNIST_STD, (still_digits - MNIST_MEAN) / MNIST_STD
+
+
+def with_number_pieces(images, labels, generator):
+    """The batch followed by PIECES of its size in not_digits and as many still_digits made
+    from its first images (see number_pieces), and the targets of all as probabilities: the
+    digit's one-hot, and uniform for not_digits (the model should pick no digit there)."""
+    k = int(PIECES * len(images))
+    targets = F.one_hot(labels, 10).float()
+    if k == 0:
+        return images, targets
+    not_digits, still_digits = number_pieces(images[:2 * k], generator)
+    return (torch.cat([images, not_digits[:k], still_digits[k:]]),
+            torch.cat([targets, torch.full_like(targets[:k], 0.1), targets[k:2 * k]]))
+
+
 def train_epoch(model, optimizer, images, labels, batch_size, generator, augment=False,
                 progress=None, should_stop=lambda: False, scheduler=None, precision="fp32"):
     """One pass over the shuffled training set. Returns the mean loss, or None when should_stop()
@@ -205,9 +296,14 @@ def train_epoch(model, optimizer, images, labels, batch_size, generator, augment
         idx = order[start:start + batch_size]
         x = images[idx].contiguous(memory_format=torch.channels_last)
         if augment:
-            x = augment_batch(x, generator)
-        with autocast(images.device, precision):
-            loss = F.cross_entropy(model(x), labels[idx])
+            x, targets = with_number_pieces(augment_batch(x, generator), labels[idx], generator)
+            with autocast(images.device, precision):
+                # KL divergence: cross-entropy less the targets' own entropy, so that a model
+                # that meets every target exactly still reaches a loss of 0.
+                loss = F.kl_div(F.log_softmax(model(x).float(), 1), targets, reduction="batchmean")
+        else:
+            with autocast(images.device, precision):
+                loss = F.cross_entropy(model(x), labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -442,7 +538,8 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=int, help="train on the first N training images only, for smoke tests (default: all 60000)")
     parser.add_argument("--augment", action="store_true", default=None,
                         help="randomly rotate, scale, shear and shift the training digits and widen or narrow their "
-                             "strokes; reads your own photos and drawings better (default: off)")
+                             "strokes, and learn the pieces that cutting touching digits gives; reads your own "
+                             "photos, drawings and numbers better (default: off)")
     parser.add_argument("--schedule", choices=["constant", "cosine"],
                         help="learning rate over the run: cosine decay from --lr to 0, or constant --lr "
                              f"as in the classic recipe (default: {d['schedule']})")

@@ -226,6 +226,95 @@ def test_augmentation_moves_digits_but_keeps_the_background(mnist_test_set):
     torch.testing.assert_close(out[:, :, 0, 0], torch.full((64, 1), background), atol=1e-4, rtol=0)
 
 
+def _normalised(ink):
+    return (torch.as_tensor(ink, dtype=torch.float32) - m.MNIST_MEAN) / m.MNIST_STD
+
+
+def _ink(batch):
+    """Ink level (0 paper, 1 full ink) of normalised images, as a NumPy array N x 28 x 28."""
+    return (batch * m.MNIST_STD + m.MNIST_MEAN)[:, 0].numpy()
+
+
+def _inked_columns(ink):
+    """How many columns each image spans from its first inked column to its last."""
+    spans = []
+    for image in ink:
+        columns = np.flatnonzero((image > 0.3).any(0))
+        spans.append(columns[-1] - columns[0] + 1 if len(columns) else 0)
+    return np.array(spans)
+
+
+def test_number_pieces_pair_narrow_digits_and_halve_wide_ones():
+    # A 1 (a bar 3 columns wide) and a 0 (a ring 16 columns wide), 32 of each.
+    bar = np.zeros((28, 28), np.float32)
+    bar[4:24, 13:16] = 1
+    yy, xx = np.mgrid[:28, :28]
+    radius = np.hypot(yy - 13.5, xx - 13.5)
+    ring = ((radius >= 6) & (radius <= 8)).astype(np.float32)
+    batch = _normalised(np.stack([bar] * 32 + [ring] * 32))[:, None]
+    not_digits, still_digits = m.number_pieces(batch, torch.Generator().manual_seed(0))
+    assert not_digits.shape == still_digits.shape == batch.shape
+    widths = _inked_columns(_ink(not_digits))
+    # Half a 1 is still a 1: a bar is only ever paired, with another bar (side by side, touching
+    # or crossing by up to 3 columns: 4 to 6 columns in all) or with a ring (16 to 20 columns).
+    bar_widths = widths[:32]
+    two_bars, bar_and_ring = (bar_widths >= 4) & (bar_widths <= 7), bar_widths >= 16
+    assert (two_bars | bar_and_ring).all() and two_bars.any() and bar_and_ring.any()
+    # A ring is halved (the ink on one side of a cut 35-65% of the way across: at most 11 of its
+    # 16 columns) or paired and shrunk into MNIST's 20-pixel box; both happen.
+    ring_widths = widths[32:]
+    halves, pairs = ring_widths <= 11, ring_widths >= 16
+    assert (halves | pairs).all() and halves.any() and pairs.any()
+    assert (ring_widths <= 21).all()
+    ring_mass = _ink(not_digits[32:]).sum((1, 2))
+    assert ring_mass[halves].max() < 0.75 * ring.sum() < ring_mass[pairs].min()
+
+
+def test_number_pieces_still_digits_keep_their_ink_and_are_centred(mnist_test_set):
+    x = mnist_test_set[0][:64]
+    _, still_digits = m.number_pieces(x, torch.Generator().manual_seed(1))
+    before, after = _ink(x), _ink(still_digits)
+    ratio = after.sum((1, 2)) / before.sum((1, 2))
+    column_mass = before.sum(1)
+    # At most 3 columns cut off one edge (inked: above 0.3) and the faint ink beyond them.
+    edge = []
+    for mass, image in zip(column_mass, before):
+        inked = np.flatnonzero((image > 0.3).any(0))
+        edge.append(max(mass[:inked[0] + 3].sum(), mass[inked[-1] - 2:].sum()))
+    assert (before.sum((1, 2)) - after.sum((1, 2)) < 1.05 * np.array(edge)).all()
+    # Or up to 6 columns of a neighbour's edge added: no more ink than the inkiest 6 columns of
+    # any digit in the batch hold.
+    inkiest_band = max(column_mass[:, c:c + 6].sum(1).max() for c in range(23))
+    assert (after.sum((1, 2)) - before.sum((1, 2)) < 1.05 * inkiest_band).all()
+    assert (ratio < 0.97).any() and (ratio > 1.03).any()  # both kinds happen
+    mass = after.sum(1)
+    centre = (mass * np.arange(28)).sum(1) / mass.sum(1)
+    np.testing.assert_allclose(centre, 13.5, atol=0.6)
+
+
+def test_number_pieces_are_drawn_from_the_generator_alone(mnist_test_set):
+    x = mnist_test_set[0][:16]
+    first = m.number_pieces(x, torch.Generator().manual_seed(3))
+    again = m.number_pieces(x, torch.Generator().manual_seed(3))
+    other = m.number_pieces(x, torch.Generator().manual_seed(4))
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(first[0], other[0])
+
+
+def test_with_number_pieces_adds_pieces_with_uniform_targets_and_keeps_the_digits(mnist_test_set):
+    x, y = mnist_test_set[0][:64], mnist_test_set[1][:64]
+    images, targets = m.with_number_pieces(x, y, torch.Generator().manual_seed(0))
+    k = int(m.PIECES * 64)
+    assert k > 0 and images.shape == (64 + 2 * k, 1, 28, 28) and targets.shape == (64 + 2 * k, 10)
+    torch.testing.assert_close(images[:64], x, rtol=0, atol=0)
+    one_hot = nn.functional.one_hot(y, 10).float()
+    torch.testing.assert_close(targets[:64], one_hot)
+    torch.testing.assert_close(targets[64:64 + k], torch.full((k, 10), 0.1))
+    torch.testing.assert_close(targets[64 + k:], one_hot[k:2 * k])
+    assert not torch.allclose(images[64:], x[:2 * k], atol=0.1)
+
+
 def test_stroke_width_change_matches_pillow_max_and_min_filters(mnist_test_set):
     x = mnist_test_set[0][:8]
     background = -m.MNIST_MEAN / m.MNIST_STD
