@@ -2,7 +2,7 @@
 Train the classic MNIST CNN and save its weights.
 
     python mnist_cnn_model.py              # 10 epochs, 3-4 minutes on a 2-core laptop CPU
-    python mnist_cnn_model.py --augment    # reads your own photos and drawings better, about 3 minutes
+    python mnist_cnn_model.py --augment    # reads your own photos, drawings and numbers better, 4-5 minutes
     python mnist_cnn_model.py --limit 2000 --epochs 1   # a smoke test in seconds
 
 The data set ships in data/MNIST/raw/ (checksummed), so no network is needed. The weights are

@@ -3,8 +3,8 @@ loopback port, and the page in a real headless Chromium drawing with mouse and t
 
 The model must read drawn digits as a user draws them, which the 3000-image model of the
 other tests does not (it reads a drawn 4 as a 6): a CNN is trained for one epoch on 20000
-MNIST images with --augment's random distortions, once per session (21-38 s measured on a
-shared, loaded 2-core machine; the whole file took 49-58 s there).
+MNIST images with --augment's random distortions and pieces of numbers, once per session (14 s
+on a quiet 2-core machine, two to three times that on a loaded one).
 
     APP_SCREENSHOTS=docs python -m pytest tests/test_app.py -k browser   # refresh docs/app*.png
 """
