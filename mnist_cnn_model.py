@@ -194,8 +194,9 @@ def augment_batch(images, generator):
 
 
 # Each augmented batch gets this share of its size again as pieces of numbers that are not one
-# digit, and as many digits cut with a sliver of their neighbour (see number_pieces); the batch's
-# own digits all stay, so single digits are learnt as well as before.
+# digit, and as many digits cut with a sliver of their neighbour (see number_pieces). They are
+# added, not swapped in: replacing a quarter of each batch with them misread 4 more of
+# bench_predict's 3000 images (seed 1) than adding them, for about the same gain on numbers.
 PIECES = 0.125
 
 
@@ -218,26 +219,28 @@ def _ink_columns(ink):
 
 
 def _centred(ink):
-    """Each image moved sideways so that its ink's centre of mass is at the centre, as
-    predict.py centres what it reads."""
+    """Each image moved sideways so that its ink's centre of mass is on column 14, where
+    preprocess.centre_in_28x28 puts what predict.py reads (and MNIST has its digits)."""
     mass = ink[:, 0].sum(1)
     centre = (mass * torch.arange(28., device=ink.device)).sum(1) / mass.sum(1).clamp_min(1e-6)
-    return _move(ink, torch.ones_like(centre), 13.5 - centre)
+    return _move(ink, torch.ones_like(centre), 14 - centre)
 
 
-def number_pieces(images, generator):
-    """(not_digits, still_digits) made from a batch of normalised images, as predict.py's
-    number reader meets them when it tries cuts through digits that touch (segment.py), so that
-    the model is unsure of the first and still reads the second:
-    - not_digits: each image with another one touching it on its right, the pair shrunk to
-      fit the 20-pixel box; or, for digits at least 10 pixels wide (half a 1 is still a 1), the
-      ink left or right of a cut 35-65% of the way across;
-    - still_digits: each image with 2-6 columns of another's edge touching it, or with 1-3
-      columns of its own ink cut off, on a random side."""
+def number_pieces(images, labels, generator):
+    """(not_digits, still_digits) made from a batch of normalised images, like the pieces that
+    predict.py's number reader (segment.py) tries when it cuts digits that touch, so that the
+    model can learn to be unsure of the first and to still read the second:
+    - not_digits: each image with another one touching or crossing it by up to 3 columns on its
+      right, the pair shrunk to fit 20 pixels wide; or, for digits other than 1 whose ink spans
+      at least 10 columns, the ink left or right of a cut 35-65% of the way across;
+    - still_digits: each image with 2-6 columns of another's edge touching it on one side; or,
+      where at least 4 columns of ink stay, with 1-3 columns of its own ink cut off one side.
+    Each is moved sideways to centre its ink, but not rescaled as predict.py would rescale it:
+    a close imitation (training on the very pieces segment.py cuts did no better)."""
     ink = images * MNIST_STD + MNIST_MEAN
     n, device = len(ink), ink.device
     other = ink[torch.randperm(n, generator=generator).to(device)]
-    u = torch.rand(n, 6, generator=generator).to(device)
+    u = torch.rand(n, 9, generator=generator).to(device)
     left, right = _ink_columns(ink)
     o_left, o_right = _ink_columns(other)
     column = torch.arange(28., device=device).view(1, 1, 1, 28)
@@ -245,29 +248,32 @@ def number_pieces(images, generator):
     def as_image(per_image):  # one value per image, broadcast over its pixels
         return per_image.view(-1, 1, 1, 1)
 
-    # Two digits taken as one: other's ink starts 0-3 columns before ink's ends.
+    # Two digits taken as one: other's ink starts up to 3 columns before ink's ends.
     overlap = 3 * u[:, 0]
     offset = right + 1 - overlap - o_left  # other's column c sits at ink's column c + offset
     width = right + 1 - left + o_right + 1 - o_left - overlap
     scale = 20 / width.clamp_min(20)
     centre = left + width / 2 - 0.5
-    pair = torch.maximum(_move(ink, scale, -scale * (centre - 13.5)),
-                         _move(other, scale, -scale * (centre - offset - 13.5)))
+    pair = _centred(torch.maximum(_move(ink, scale, -scale * (centre - 13.5)),
+                                  _move(other, scale, -scale * (centre - offset - 13.5))))
     cut = as_image(left + (0.35 + 0.3 * u[:, 1]) * (right - left))
     half = _centred(torch.where(as_image(u[:, 2] < 0.5), ink * (column <= cut), ink * (column > cut)))
-    not_digits = torch.where(as_image((u[:, 3] < 0.5) & (right - left >= 10)), half, pair)
+    halve = (u[:, 3] < 0.5) & (right - left + 1 >= 10) & (labels.to(device) != 1)
+    not_digits = torch.where(as_image(halve), half, pair)
     # A digit and a sliver of its neighbour, or a digit missing a sliver.
     on_right = as_image(u[:, 5] < 0.5)
-    band = as_image(2 + 4 * u[:, 4])
-    gap = 1 - 3 * u[:, 0]
+    band = as_image(torch.floor(2 + 5 * u[:, 4]))  # whole columns: 2 to 6
+    gap = 1 - 3 * u[:, 6]
     neighbour = torch.where(
         on_right,
         _move(other * (column < as_image(o_left) + band), torch.ones_like(gap), right + 1 + gap - o_left),
         _move(other * (column > as_image(o_right) - band), torch.ones_like(gap), left - 1 - gap - o_right))
-    sliver = as_image(1 + 2 * u[:, 4])
-    clipped = torch.where(on_right, ink * (column <= as_image(right) - sliver),
-                          ink * (column >= as_image(left) + sliver))
-    still_digits = _centred(torch.where(as_image(u[:, 1] < 0.6), torch.maximum(ink, neighbour), clipped))
+    sliver = torch.floor(1 + 3 * u[:, 8])  # whole columns: 1 to 3
+    clipped = torch.where(on_right, ink * (column <= as_image(right - sliver)),
+                          ink * (column >= as_image(left + sliver)))
+    # A thin 1 cut to a sliver is no 1 any more: those get a neighbour's edge instead.
+    clip = (u[:, 7] >= 0.6) & (right - left + 1 - sliver >= 4)
+    still_digits = _centred(torch.where(as_image(clip), clipped, torch.maximum(ink, neighbour)))
     return (not_digits - MNIST_MEAN) / MNIST_STD, (still_digits - MNIST_MEAN) / MNIST_STD
 
 
@@ -279,7 +285,7 @@ def with_number_pieces(images, labels, generator):
     targets = F.one_hot(labels, 10).float()
     if k == 0:
         return images, targets
-    not_digits, still_digits = number_pieces(images[:2 * k], generator)
+    not_digits, still_digits = number_pieces(images[:2 * k], labels[:2 * k], generator)
     return (torch.cat([images, not_digits[:k], still_digits[k:]]),
             torch.cat([targets, torch.full_like(targets[:k], 0.1), targets[k:2 * k]]))
 
