@@ -237,17 +237,27 @@ def number_pieces(images, labels, generator):
       where at least 4 columns of ink stay, with 1-3 columns of its own ink cut off one side.
     Each is moved sideways to centre its ink, but not rescaled as predict.py would rescale it:
     a close imitation (training on the very pieces segment.py cuts did no better)."""
+    ink, other, u = _piece_draws(images, generator)
+    return _not_digits(ink, other, u, labels), _still_digits(ink, other, u)
+
+
+def _piece_draws(images, generator):
+    """The ink of each image, the image paired with it, and its random numbers, drawn from
+    generator alone and in one go, whichever pieces are then made of which images."""
     ink = images * MNIST_STD + MNIST_MEAN
-    n, device = len(ink), ink.device
-    other = ink[torch.randperm(n, generator=generator).to(device)]
-    u = torch.rand(n, 9, generator=generator).to(device)
+    other = ink[torch.randperm(len(ink), generator=generator).to(ink.device)]
+    return ink, other, torch.rand(len(ink), 9, generator=generator).to(ink.device)
+
+
+def _as_image(per_image):  # one value per image, broadcast over its pixels
+    return per_image.view(-1, 1, 1, 1)
+
+
+def _not_digits(ink, other, u, labels):
+    """number_pieces' not_digits, normalised, from _piece_draws."""
     left, right = _ink_columns(ink)
     o_left, o_right = _ink_columns(other)
-    column = torch.arange(28., device=device).view(1, 1, 1, 28)
-
-    def as_image(per_image):  # one value per image, broadcast over its pixels
-        return per_image.view(-1, 1, 1, 1)
-
+    column = torch.arange(28., device=ink.device).view(1, 1, 1, 28)
     # Two digits taken as one: other's ink starts up to 3 columns before ink's ends.
     overlap = 3 * u[:, 0]
     offset = right + 1 - overlap - o_left  # other's column c sits at ink's column c + offset
@@ -256,25 +266,31 @@ def number_pieces(images, labels, generator):
     centre = left + width / 2 - 0.5
     pair = _centred(torch.maximum(_move(ink, scale, -scale * (centre - 13.5)),
                                   _move(other, scale, -scale * (centre - offset - 13.5))))
-    cut = as_image(left + (0.35 + 0.3 * u[:, 1]) * (right - left))
-    half = _centred(torch.where(as_image(u[:, 2] < 0.5), ink * (column <= cut), ink * (column > cut)))
-    halve = (u[:, 3] < 0.5) & (right - left + 1 >= 10) & (labels.to(device) != 1)
-    not_digits = torch.where(as_image(halve), half, pair)
-    # A digit and a sliver of its neighbour, or a digit missing a sliver.
-    on_right = as_image(u[:, 5] < 0.5)
-    band = as_image(torch.floor(2 + 5 * u[:, 4]))  # whole columns: 2 to 6
+    cut = _as_image(left + (0.35 + 0.3 * u[:, 1]) * (right - left))
+    half = _centred(torch.where(_as_image(u[:, 2] < 0.5), ink * (column <= cut), ink * (column > cut)))
+    halve = (u[:, 3] < 0.5) & (right - left + 1 >= 10) & (labels.to(ink.device) != 1)
+    return (torch.where(_as_image(halve), half, pair) - MNIST_MEAN) / MNIST_STD
+
+
+def _still_digits(ink, other, u):
+    """number_pieces' still_digits, normalised, from _piece_draws."""
+    left, right = _ink_columns(ink)
+    o_left, o_right = _ink_columns(other)
+    column = torch.arange(28., device=ink.device).view(1, 1, 1, 28)
+    on_right = _as_image(u[:, 5] < 0.5)
+    band = _as_image(torch.floor(2 + 5 * u[:, 4]))  # whole columns: 2 to 6
     gap = 1 - 3 * u[:, 6]
     neighbour = torch.where(
         on_right,
-        _move(other * (column < as_image(o_left) + band), torch.ones_like(gap), right + 1 + gap - o_left),
-        _move(other * (column > as_image(o_right) - band), torch.ones_like(gap), left - 1 - gap - o_right))
+        _move(other * (column < _as_image(o_left) + band), torch.ones_like(gap), right + 1 + gap - o_left),
+        _move(other * (column > _as_image(o_right) - band), torch.ones_like(gap), left - 1 - gap - o_right))
     sliver = torch.floor(1 + 3 * u[:, 8])  # whole columns: 1 to 3
-    clipped = torch.where(on_right, ink * (column <= as_image(right - sliver)),
-                          ink * (column >= as_image(left + sliver)))
+    clipped = torch.where(on_right, ink * (column <= _as_image(right - sliver)),
+                          ink * (column >= _as_image(left + sliver)))
     # A thin 1 cut to a sliver is no 1 any more: those get a neighbour's edge instead.
     clip = (u[:, 7] >= 0.6) & (right - left + 1 - sliver >= 4)
-    still_digits = _centred(torch.where(as_image(clip), clipped, torch.maximum(ink, neighbour)))
-    return (not_digits - MNIST_MEAN) / MNIST_STD, (still_digits - MNIST_MEAN) / MNIST_STD
+    still_digits = _centred(torch.where(_as_image(clip), clipped, torch.maximum(ink, neighbour)))
+    return (still_digits - MNIST_MEAN) / MNIST_STD
 
 
 def with_number_pieces(images, labels, generator):
@@ -285,8 +301,10 @@ def with_number_pieces(images, labels, generator):
     targets = F.one_hot(labels, 10).float()
     if k == 0:
         return images, targets
-    not_digits, still_digits = number_pieces(images[:2 * k], labels[:2 * k], generator)
-    return (torch.cat([images, not_digits[:k], still_digits[k:]]),
+    # Each kind made only for the images that get it: the pieces cost a few ms a step.
+    ink, other, u = _piece_draws(images[:2 * k], generator)
+    return (torch.cat([images, _not_digits(ink[:k], other[:k], u[:k], labels[:k]),
+                       _still_digits(ink[k:], other[k:], u[k:])]),
             torch.cat([targets, torch.full_like(targets[:k], 0.1), targets[k:2 * k]]))
 
 
