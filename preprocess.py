@@ -323,7 +323,8 @@ def _find_ink(levels, name):
     """(find_ink's mask, its pieces as label_pieces numbers them). Most pictures lose no piece
     on the way, so the pieces are numbered once, not for each step that looks at them."""
     mask = _drop_ruled_lines(_threshold(levels, name))
-    pieces = label_pieces(mask)
+    pieces = _drop_frames(mask, label_pieces(mask))
+    mask = pieces[0] > 0
     kept = _set_aside_edge_background(levels, mask, pieces, name)
     return _drop_specks(kept, pieces if kept is mask else label_pieces(kept))
 
@@ -422,11 +423,12 @@ def _drop_specks(mask, pieces):
 
 
 def _drop_ruled_lines(mask):
-    """The ink mask without the ruled lines of lined or squared paper: straight horizontal or
-    vertical runs across nine tenths of the picture, thin for their length, and at least three
-    times as long as the tallest piece of writing clear of the picture's border. (A digit's own
-    bar or stem never is, and a digit cropped so tightly that it touches the border is left as it
-    is: it has no such piece beside it.)"""
+    """The ink mask without the ruled lines of lined or squared paper, or of a table around a
+    cell: straight horizontal or vertical runs across nine tenths of the picture, thin for their
+    length, and either at least three times as long as the tallest piece of writing clear of the
+    picture's border, or half as long again with paper beside it. (A digit's own bar or stem
+    is neither: it is part of its digit. A digit cropped so tightly that it touches the border is
+    left as it is: it has no such piece beside it.)"""
     h, w = mask.shape
     lines = _long_runs(mask, max(int(0.9 * w), 8)) | _long_runs(mask.T, max(int(0.9 * h), 8)).T
     if not lines.any():
@@ -443,11 +445,71 @@ def _drop_ruled_lines(mask):
     for i, s in enumerate(ndimage.find_objects(line_labels), start=1):
         length = max(s[0].stop - s[0].start, s[1].stop - s[1].start)
         # A ruled line is thin for its length; a bold stroke across a tightly cropped digit is not.
-        if length >= 3 * tall and areas[i] / length <= length / 15:
-            long_ids.append(i)
+        if areas[i] / length > length / 15 or length < 1.5 * tall:
+            continue
+        if length < 3 * tall:
+            # The two pixels on each side of the line: paper beside a ruled line, except where
+            # writing crosses it; ink beside a run through the middle of a bold stroke.
+            box = tuple(slice(max(x.start - 3, 0), x.stop + 3) for x in s)
+            band = ndimage.binary_dilation(line_labels[box] == i, iterations=1)
+            beside = ndimage.binary_dilation(band, iterations=2) & ~band
+            if mask[box][beside].mean() > 0.25:
+                continue
+        long_ids.append(i)
     if not long_ids:
         return mask
     return mask & ~ndimage.binary_dilation(np.isin(line_labels, long_ids), iterations=1)
+
+
+def _drop_frames(mask, pieces):
+    """pieces (label_pieces of mask) without the printed boxes around the writing: a form's
+    fields, a box drawn with a ruler. A box is a piece whose bounding box has ink along almost
+    all of each of its four sides, within a band a tenth of its shorter side deep, and at least
+    a quarter paper inside, its lines thinner than that band. Only those lines are taken
+    out (see _first_line): a digit that touches its box, or runs along it, keeps its strokes.
+    (A digit's strokes along its own bounding box are thicker for it, or leave its corners
+    empty.)"""
+    labels, count = pieces
+    frames = np.zeros(mask.shape, bool)
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        height, width = box[0].stop - box[0].start, box[1].stop - box[1].start
+        if min(height, width) < 20:
+            continue
+        own = labels[box] == k
+        band = max(2, min(height, width) // 10)
+        sides = [own[:band], own[:-band - 1:-1], own.T[:band], own.T[:-band - 1:-1]]
+        inside = own[band:-band, band:-band]
+        # A box's lines are thin for it; a digit's strokes along its bounding box are not.
+        if (min(side.any(0).mean() for side in sides) < 0.9 or inside.mean() > 0.75
+                or max(np.median(side.sum(0)) for side in sides) >= band):
+            continue
+        line = np.zeros(own.shape, bool)
+        views = [line[:band], line[:-band - 1:-1], line.T[:band], line.T[:-band - 1:-1]]
+        for side, view in zip(sides, views):
+            view |= _first_line(side)
+        frames[box] |= line
+    if not frames.any():
+        return pieces
+    return label_pieces(mask & ~frames)
+
+
+def _first_line(side):
+    """In a band of ink along an edge (the edge is row 0), the straight line that runs along
+    it: where the first ink met from the edge mostly lies, as thick as the band mostly holds
+    ink. (A digit's stroke that crosses the line and sticks out beyond it moves the first ink
+    in a few columns only.)"""
+    present = np.flatnonzero(side.any(0))
+    first = np.argmax(side, axis=0)[present].astype(np.float64)
+    thickness = np.median(side.sum(0)[present])
+    inliers = np.ones(len(present), bool)
+    for _ in range(3):
+        slope, offset = np.polyfit(present[inliers], first[inliers], 1)
+        inliers = np.abs(first - (slope * present + offset)) <= max(2.0, thickness)
+        if inliers.sum() < 2:
+            break
+    top = slope * np.arange(side.shape[1]) + offset
+    rows = np.arange(side.shape[0])[:, None]
+    return side & (rows >= np.floor(top) - 1) & (rows <= np.ceil(top) + thickness)
 
 
 def _long_runs(mask, length):

@@ -23,6 +23,9 @@ put at a random place, on the chosen background. Kinds:
   thin         a fine pen: stroke width 1.5-4% of the digit's height (1-5 pixels), dark on white;
                loops MNIST's pen closed to a faint dip in the grey are drawn open
   chalkboard   light chalk on a dark, unevenly lit board, noise, blur, JPEG
+  form         the photo kind written in a form: a printed box around the digit (touching it in a
+               third of the pictures) or the lines of a table cell across the whole picture
+  ruled        the photo kind on lined or squared paper, its lines running through the digit
 """
 import argparse
 import io
@@ -45,7 +48,7 @@ sys.path.insert(0, REPO)
 import predict  # noqa: E402  (the repo root is only on the path once the line above ran)
 from mnist_cnn_model import MNIST_MEAN, MNIST_STD, prepare_mnist  # noqa: E402
 
-KINDS = ["mnist", "photo", "transparent", "thick", "thin", "chalkboard"]
+KINDS = ["mnist", "photo", "transparent", "thick", "thin", "chalkboard", "form", "ruled"]
 
 
 def load_mnist_test(data_dir):
@@ -222,6 +225,37 @@ def finish_photo(rgb, rng):
     return buf.getvalue()
 
 
+def printed_lines(kind, ink, size, rng):
+    """Printed lines on the sheet under the ink (1 on a line): a form's box around the digit or
+    a table cell's lines across the picture (form), lined or squared paper (ruled)."""
+    height, width = ink.shape
+    lines = np.zeros((height, width), np.float32)
+    thick = max(2, size // 40)
+    rows, cols = np.nonzero(ink > 0.5)
+    if kind == "form":
+        touching = rng.random() < 1 / 3
+        pad = size * (rng.uniform(-0.02, 0.02) if touching else rng.uniform(0.08, 0.35))
+        top, bottom = int(max(rows.min() - pad, 0)), int(min(rows.max() + pad, height - thick))
+        left, right = int(max(cols.min() - pad, 0)), int(min(cols.max() + pad, width - thick))
+        if rng.random() < 0.5:  # a box
+            for y in (top, bottom):
+                lines[y:y + thick, left:right + thick] = 1
+            for x in (left, right):
+                lines[top:bottom + thick, x:x + thick] = 1
+        else:  # a table cell's lines, across the whole picture
+            for y in (top, bottom):
+                lines[y:y + thick, :] = 1
+            for x in (left, right):
+                lines[:, x:x + thick] = 1
+    else:
+        step = int(size * rng.uniform(0.3, 0.6))
+        lines[int(rng.integers(step))::step, :] = 1
+        if rng.random() < 0.5:  # squared paper
+            step = int(size * rng.uniform(0.15, 0.3))
+            lines[:, int(rng.integers(step))::step] = 1
+    return lines
+
+
 def make_image(kind, digit28, rng):
     """(file bytes, file extension) of one user-style image of the digit."""
     if kind == "mnist":
@@ -246,6 +280,19 @@ def make_image(kind, digit28, rng):
             light = lighting(height, width, rng, rng.uniform(0.5, 0.8), 1.0)
         rgb = (paper * (1 - ink[..., None]) + pen * ink[..., None]) * light[..., None]
         return finish_photo(rgb, rng), ".jpg"
+    if kind in ("form", "ruled"):
+        width = int(rng.integers(480, 1201))
+        height = width * 3 // 4
+        size = int(height * rng.uniform(0.25, 0.6))
+        ink = place(written(digit28, size), height, width, rng) * rng.uniform(0.8, 1.0)
+        lines = printed_lines(kind, ink, size, rng)
+        paper = np.array([rng.uniform(0.85, 1.0), rng.uniform(0.8, 1.0), rng.uniform(0.65, 0.95)])
+        pen = np.array([0.1, 0.1, rng.uniform(0.1, 0.45)]) * rng.uniform(0.3, 1.0)
+        printed = np.array([0.2, 0.2, 0.25]) if kind == "form" else np.array([0.55, 0.7, 0.95])
+        rgb = paper * (1 - lines[..., None]) + printed * lines[..., None]
+        rgb = rgb * (1 - ink[..., None]) + pen * ink[..., None]
+        light = lighting(height, width, rng, rng.uniform(0.55, 0.8), 1.0)
+        return finish_photo(rgb * light[..., None], rng), ".jpg"
     if kind == "transparent":
         side = int(rng.integers(200, 601))
         size = int(side * rng.uniform(0.4, 0.9))

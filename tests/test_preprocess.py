@@ -197,6 +197,38 @@ def test_digit_touching_the_border_is_kept(tmp_path):
     assert np.abs(a - seen(draw_seven(size=(300, 300), box=(100, 60, 200, 235), width=12))).mean() < 0.05
 
 
+@pytest.mark.parametrize("box, tolerance", [
+    ([53, 23, 227, 277], 0.01),  # clear of the 7
+    ([83, 40, 197, 247], 0.04),  # touching both ends of its bar and the foot of its stem
+])
+def test_a_printed_box_around_the_digit_is_not_ink(box, tolerance):
+    """A form's field or a box drawn with a ruler: the 7 is read as it is without the box."""
+    img = draw_seven()
+    ImageDraw.Draw(img).rectangle(box, outline=0, width=3)
+    assert np.abs(seen(img) - seen(draw_seven())).mean() < tolerance
+
+
+def test_the_lines_of_a_table_cell_are_not_ink():
+    """A cell cropped from a table: its lines cross the whole picture, under twice as long as
+    the digit is tall, with paper between them and the digit."""
+    img = draw_seven()
+    draw = ImageDraw.Draw(img)
+    for at in (45, 255):  # beyond a tenth of the picture from its edges: not a box
+        draw.line([(0, at), (299, at)], fill=0, width=3)
+        draw.line([(at, 0), (at, 299)], fill=0, width=3)
+    assert np.abs(seen(img) - seen(draw_seven())).mean() < 0.01
+
+
+def test_a_square_bold_zero_filling_the_picture_is_kept_whole():
+    """Neither a box nor a ruled line: its sides are a digit's strokes, thick and rounded at the
+    corners, and they touch the picture's edges."""
+    img = Image.new("L", (120, 160), 255)
+    ImageDraw.Draw(img).rounded_rectangle([0, 0, 119, 159], radius=40, outline=0, width=16)
+    dark = np.asarray(img) < 128
+    mask = preprocess.read_ink(img).mask
+    assert mask[dark].mean() > 0.95 and dark[mask].mean() > 0.9
+
+
 def test_thin_strokes_are_thickened_towards_mnist_width():
     thin = seen(draw_seven(size=(800, 800), box=(250, 150, 550, 650), width=2))
     normal = seen(draw_seven(size=(800, 800), box=(250, 150, 550, 650), width=60))
