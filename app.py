@@ -39,8 +39,9 @@ import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from PIL import Image, ImageDraw
+from starlette.requests import ClientDisconnect
 
 import predict
 import preprocess
@@ -64,16 +65,10 @@ def open_upload(data):
     Raises NotAnImageError with a sentence a user can act on."""
     if not data:
         raise predict.NotAnImageError("The request body is empty: send the bytes of an image file.")
-    try:
-        return Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as error:
-        raise predict.NotAnImageError("The request body is not an image file Pillow can "
-                                      "read.") from error
-    except Image.DecompressionBombError as error:
-        raise predict.NotAnImageError("The image has too many pixels to open safely "
-                                      "(Pillow's decompression-bomb guard).") from error
-    except OSError as error:
-        raise predict.NotAnImageError(f"The image could not be opened ({error}).") from error
+    if data.startswith(b"--") and b"content-disposition" in data[:1024].lower():
+        raise predict.NotAnImageError("The request body is a form upload: send the image file's own "
+                                      "bytes as the body (curl --data-binary @digit.png).")
+    return preprocess.open_file(io.BytesIO(data), "The request body")
 
 
 def seen_levels(tensor):
@@ -260,10 +255,13 @@ def create_app(model, readers=None):
         if length is not None and length.isdigit() and int(length) > MAX_BODY:
             return too_large()
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return too_large()
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return too_large()
+        except ClientDisconnect:  # nobody is left to answer, and nothing went wrong here
+            return Response(status_code=400)
         try:
             # Preprocessing and the network are CPU work: in a worker thread or process the
             # event loop stays free to accept and answer other requests meanwhile.

@@ -25,6 +25,7 @@ on a side, or noise rather than handwriting).
 import argparse
 import os
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -70,15 +71,23 @@ def load_model(weights_path=DEFAULT_WEIGHTS, device=None):
             f"`python mnist_cnn_model.py`.")
     if os.path.isdir(weights_path):
         raise BadWeightsError(f"{weights_path} is a folder, not a weights file.")
+    if not os.path.isfile(weights_path):  # a pipe or a device would keep torch.load waiting
+        raise BadWeightsError(f"{weights_path} is not a regular file, so not a weights file.")
     try:
-        state = torch.load(weights_path, map_location=device, weights_only=True)
+        # torch warns before it refuses a file it will not unpickle; the sentence below says it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(weights_path, map_location=device, weights_only=True)
+    except PermissionError as error:
+        raise BadWeightsError(f"{weights_path} cannot be read: permission denied.") from error
     except Exception as error:  # torch raises many types here (zip, pickle, EOF, magic number)
         raise BadWeightsError(
             f"{weights_path} is not a PyTorch weights file (a state_dict saved by "
             f"mnist_cnn_model.py) and cannot be loaded.") from error
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BadWeightsError(f"{weights_path} does not hold a state_dict of tensors, so it is not "
-                              f"weights for this model.")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) and v.is_floating_point()
+                                              for v in state.values()):
+        raise BadWeightsError(f"{weights_path} does not hold a state_dict of floating-point tensors, "
+                              f"so it is not weights for this model.")
     model = CNN()
     try:
         model.load_state_dict(state)
@@ -86,7 +95,7 @@ def load_model(weights_path=DEFAULT_WEIGHTS, device=None):
         raise BadWeightsError(
             f"{weights_path} holds weights for a different model architecture than the CNN in "
             f"mnist_cnn_model.py.") from error
-    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+    if not all(torch.isfinite(v).all() for v in state.values()):
         raise BadWeightsError(f"{weights_path} holds weights that are not numbers (NaN or "
                               f"infinity), as a training run that diverged leaves; train again.")
     return model.to(device).eval()
@@ -101,6 +110,9 @@ def _resolve_device(device):
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:
         raise PredictError(f"{device!r} is not a device name (use cpu, cuda, cuda:N or mps).") from error
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise PredictError(f"{str(device)!r} is not a device this can read pictures on (use cpu, "
+                           f"cuda, cuda:N or mps).")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise PredictError("CUDA was asked for but no CUDA GPU is available; use --device cpu.")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -198,14 +210,20 @@ def _read_one(path):
         ink = read_ink(path)
         return to_mnist(ink.levels, ink.mask, ink.name), len(digit_groups(ink))
     except PredictError as error:
-        return error
+        return _bare(error)
 
 
 def _read_number(model, path):
     try:
         return predict_digits(model, path)
     except PredictError as error:
-        return error
+        return _bare(error)
+
+
+def _bare(error):
+    # The same sentence without the traceback, which would hold on to the picture's arrays (and
+    # to a file Pillow failed to decode) until the whole batch has been printed.
+    return type(error)(str(error))
 
 
 def format_line(path, probs, top_k=1):

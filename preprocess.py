@@ -13,6 +13,7 @@ whole number into digits). Every step raises a PredictError subclass with a one-
 for bad input.
 """
 import os
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -104,25 +105,29 @@ def open_image(image, with_scale=False):
     else:
         path = os.fspath(image)
         if not os.path.exists(path):
-            raise ImageNotFoundError(f"No such image: {path}.")
+            broken = os.path.islink(path)
+            raise ImageNotFoundError(f"No such image: {path}" + (" (a link to nothing)." if broken else "."))
         if os.path.isdir(path):
             raise NotAnImageError(f"{path} is a folder, not an image.")
-        try:
-            img = Image.open(path)
-        except UnidentifiedImageError as error:
-            raise NotAnImageError(f"{path} is not an image file Pillow can read.") from error
-        except Image.DecompressionBombError as error:
-            raise NotAnImageError(f"{path} has too many pixels to open safely "
-                                  f"(Pillow's decompression-bomb guard).") from error
-        except OSError as error:
-            raise NotAnImageError(f"{path} could not be opened as an image ({error}).") from error
+        if not os.path.isfile(path):  # a pipe or a device would keep Pillow waiting or reading
+            raise NotAnImageError(f"{path} is not a regular file, so not an image file.")
+        img = open_file(path, path)
+    source = img
     try:
-        full_size = _upright_size(img)
-        # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: a huge photo never fills memory.
-        if img.format == "JPEG":
-            img.draft(img.mode, (MAX_SIDE, MAX_SIDE))
-        img.load()
-        img = _upright(img)
+        with warnings.catch_warnings():
+            # A broken EXIF block costs only the orientation it held; Pillow's warning about it
+            # would be noise.
+            warnings.simplefilter("ignore")
+            if img.format != "JPEG":
+                # Decoded before EXIF is looked for: a PNG keeps it after the pixels, and looking
+                # decodes them with any error swallowed, leaving a half-decoded picture behind.
+                img.load()
+            full_size = _upright_size(img)
+            # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: a huge photo never fills memory.
+            if img.format == "JPEG":
+                img.draft(img.mode, (MAX_SIDE, MAX_SIDE))
+            img.load()
+            img = _upright(img)
         if max(img.size) > MAX_SIDE:
             # resize, not thumbnail: a caller's own PIL image must not be shrunk in place.
             shrink = MAX_SIDE / max(img.size)
@@ -130,12 +135,43 @@ def open_image(image, with_scale=False):
                 (max(1, round(img.width * shrink)), max(1, round(img.height * shrink))),
                 Image.Resampling.BOX)
     except Exception as error:  # Pillow's decoders raise many types on damaged files
+        if source is not image:
+            source.close()
         raise NotAnImageError(f"{path} could not be decoded: the file is truncated or "
                               f"corrupt.") from error
+    if source is not image and getattr(source, "n_frames", 1) > 1:
+        # The first frame of an animation or a multi-page scan; the file is not kept open.
+        img = img.copy() if img is source else img
+        source.close()
     if min(full_size) < 3:
         raise NoDigitError(f"No digit found in {path}: the image is only "
                            f"{full_size[0]}x{full_size[1]} pixels.")
     return (img, max(full_size) / max(img.size)) if with_scale else img
+
+
+def open_file(source, name):
+    """Image.open(source), a path or a file object, with its failures as NotAnImageError
+    naming name. Pillow refuses pictures of more than twice its MAX_IMAGE_PIXELS and only warns
+    below that; those are refused too, unless they are JPEG, which open_image decodes at a
+    fraction of their size: decoding one whole takes gigabytes and seconds."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(source)
+    except UnidentifiedImageError as error:
+        raise NotAnImageError(f"{name} is not an image file Pillow can read.") from error
+    except Image.DecompressionBombError as error:
+        raise NotAnImageError(f"{name} has too many pixels to open safely "
+                              f"(Pillow's decompression-bomb guard).") from error
+    except OSError as error:
+        raise NotAnImageError(f"{name} could not be opened as an image ({error}).") from error
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = img.size
+    if limit and img.format != "JPEG" and width * height > limit:
+        img.close()
+        raise NotAnImageError(f"{name} has too many pixels to open safely ({width}x{height}; "
+                              f"Pillow's decompression-bomb guard allows {limit}).")
+    return img
 
 
 def _upright_size(img):
@@ -184,6 +220,7 @@ def read_grey(image):
         img = img.convert("L")
     grey = np.asarray(img, dtype=np.float32)
     if img.mode in ("I", "F"):
+        grey = np.nan_to_num(grey, nan=0.0, posinf=0.0, neginf=0.0)  # a float TIFF may hold them
         # 16- and 32-bit images: scale by the range the values actually use (8 or 16 bits).
         top = grey.max()
         grey = grey / (65535.0 if top > 255 else 255.0 if top > 1 else 1.0)

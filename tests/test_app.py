@@ -170,6 +170,32 @@ def test_not_an_image_is_400_with_one_sentence(client, body, text):
     assert_one_sentence(post(client, body), 400, text)
 
 
+def test_a_form_upload_is_400_saying_to_send_the_bytes(client):
+    response = client.post("/api/predict", files={"file": ("seven.png", canvas_png("7"), "image/png")})
+    assert_one_sentence(response, 400, "form upload")
+
+
+def test_a_client_that_hangs_up_mid_upload_is_no_error(client, caplog):
+    """Uvicorn logs every exception an app lets out, with its traceback: a client that goes away
+    half-way through sending must not fill the log."""
+    messages = [{"type": "http.request", "body": b"\x89PNG", "more_body": True},
+                {"type": "http.disconnect"}]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/api/predict", "raw_path": b"/api/predict", "root_path": "",
+             "query_string": b"", "headers": [(b"content-length", b"1000")],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 400 and "Traceback" not in caplog.text
+
+
 def test_a_drawing_with_no_ink_is_422(client):
     blank = io.BytesIO()
     Image.new("RGB", PAD, "white").save(blank, "PNG")

@@ -3,8 +3,10 @@ and the command line. No trained model is needed: where a test needs a model tha
 reads digits, a small one is trained for one epoch on 3000 MNIST images (a few seconds)."""
 import io
 import os
+import pickle
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -87,17 +89,32 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
         predict.load_model(path)
 
 
-@pytest.mark.parametrize("content", [b"not weights at all", b"", "pickled-model", "a-list"])
-def test_a_file_that_is_not_weights_is_refused(tmp_path, content):
+@pytest.mark.parametrize("content", [b"not weights at all", b"", "pickled-model", "a-list",
+                                     "plain-pickle", "integers"])
+def test_a_file_that_is_not_weights_is_refused_without_warnings(tmp_path, content):
     path = tmp_path / "bad.pt"
     if content == "pickled-model":
         torch.save(CNN(), path)  # a whole pickled model: loading it would run pickle code
     elif content == "a-list":
         torch.save([torch.zeros(2)], path)
+    elif content == "plain-pickle":
+        path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}, protocol=4))
+    elif content == "integers":  # the right names and shapes, but not numbers a CNN computes with
+        torch.save({k: v.long() for k, v in CNN().state_dict().items()}, path)
     else:
         path.write_bytes(content)
-    with pytest.raises(predict.BadWeightsError, match="bad.pt"):
-        predict.load_model(path)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(predict.BadWeightsError, match="bad.pt"):
+            predict.load_model(path)
+    assert not shown, [str(w.message) for w in shown]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_as_weights_is_refused_at_once(tmp_path):
+    os.mkfifo(tmp_path / "pipe.pt")
+    with pytest.raises(predict.BadWeightsError, match="not a regular file"):
+        predict.load_model(tmp_path / "pipe.pt")
 
 
 def test_missing_image_and_non_image_name_the_path(tmp_path):
@@ -147,6 +164,8 @@ def test_unknown_or_absent_device_is_one_sentence(small_model_weights, tmp_path,
     path = save(draw_seven(), tmp_path / "seven.png")
     assert predict.main([path, "--weights", small_model_weights, "--device", "toaster"]) == 1
     assert "not a device name" in capsys.readouterr().err
+    assert predict.main([path, "--weights", small_model_weights, "--device", "meta"]) == 1
+    assert "'meta' is not a device this can read pictures on" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert predict.main([path, "--weights", small_model_weights, "--device", "cuda"]) == 1
         assert "no CUDA GPU" in capsys.readouterr().err

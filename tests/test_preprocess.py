@@ -1,5 +1,7 @@
 """Tests of preprocess.py: each step of turning a picture into the model's 28x28 input, on images
 drawn here, and the errors for pictures with nothing to read. No model is needed."""
+import io
+import os
 import warnings
 
 import numpy as np
@@ -275,6 +277,70 @@ def test_a_long_number_in_broken_strokes_is_still_handwriting():
 def test_pictures_too_small_to_hold_a_digit_raise_no_digit_error(size):
     with pytest.raises(preprocess.NoDigitError, match=f"only {size[0]}x{size[1]} pixels"):
         preprocess.preprocess_image(Image.new("L", size, 0))
+
+
+def test_a_png_damaged_in_its_pixel_data_is_refused(tmp_path):
+    """A flipped byte near the end of the compressed pixels: Pillow's first attempt to decode
+    them fails, and the picture must not be read half-decoded as some digit."""
+    buf = io.BytesIO()
+    draw_seven().save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    start = data.find(b"IDAT")
+    length = int.from_bytes(data[start - 4:start], "big")
+    data[start + 4 + int(0.95 * length)] ^= 0xFF
+    path = tmp_path / "damaged.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(preprocess.NotAnImageError, match="damaged.png.*truncated or corrupt"):
+        preprocess.preprocess_image(path)
+
+
+def test_a_float_picture_holding_nan_gives_a_digit_and_no_warning(tmp_path):
+    grey = np.asarray(draw_seven(), np.float32) / 255
+    grey[5, 5] = np.nan
+    grey[6, 6] = np.inf
+    path = save(Image.fromarray(grey, mode="F"), tmp_path / "float.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.abs(seen(path) - seen(draw_seven())).mean() < 0.01
+
+
+def test_pictures_pillow_only_warns_about_are_refused_unless_jpeg(tmp_path, monkeypatch):
+    """Between one and two times Pillow's pixel limit it decodes the whole picture and warns;
+    that costs gigabytes for a large PNG. A JPEG is decoded at a fraction of its size."""
+    png = save(draw_seven(), tmp_path / "large.png")
+    jpeg = save(draw_seven(), tmp_path / "large.jpg", quality=95)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60000)  # 300x300 is 1.5 times that
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(preprocess.NotAnImageError, match="large.png has too many pixels"):
+            preprocess.preprocess_image(png)
+        assert preprocess.preprocess_image(jpeg).shape == (1, 28, 28)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_is_refused_at_once(tmp_path):
+    path = tmp_path / "pipe.png"
+    os.mkfifo(path)
+    with pytest.raises(preprocess.NotAnImageError, match="not a regular file"):
+        preprocess.preprocess_image(path)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_reading_leaves_no_file_open(tmp_path):
+    """Damaged files and multi-frame pictures (a GIF's first frame is read) must not keep their
+    files open: a folder of hundreds of them would run out of file handles."""
+    buf = io.BytesIO()
+    draw_seven().save(buf, "PNG")
+    for n in range(20):
+        (tmp_path / f"cut{n}.png").write_bytes(buf.getvalue()[:400])
+        frames = [draw_seven(), draw_seven(ink=128)]
+        frames[0].save(tmp_path / f"anim{n}.gif", save_all=True, append_images=frames[1:])
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(20):
+        with pytest.raises(preprocess.NotAnImageError):
+            preprocess.preprocess_image(tmp_path / f"cut{n}.png")
+        assert np.abs(seen(tmp_path / f"anim{n}.gif") - seen(draw_seven())).mean() < 0.01
+    assert len(os.listdir("/proc/self/fd")) <= before
 
 
 @pytest.mark.parametrize("pixels", [
