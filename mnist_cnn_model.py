@@ -738,7 +738,7 @@ def train(config, device, run_dir, checkpoint, min_accuracy):
     # The weights file stays a plain state_dict; what produced it is recorded beside it.
     atomic_write_json({"config": config, "test_accuracy": accuracy, "per_class_accuracy": per_class,
                        "torch": torch.__version__, "device": str(device), "precision": precision,
-                       "data_sha256": MNIST_FILES,
+                       "data_sha256": MNIST_FILES, "weights_sha256": sha256_of(weights),
                        "run_dir": run_dir, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                       metadata_path(weights))
     print(f"Saved weights to {weights}; curves, confusion matrix and mistakes in {run_dir}/")

@@ -23,6 +23,7 @@ NotAnImageError and NoDigitError (nothing to read: the image is blank or uniform
 on a side, or noise rather than handwriting).
 """
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD
+from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD, metadata_path, sha256_of
 from preprocess import (ImageNotFoundError, NoDigitError, NotAnImageError,  # noqa: F401
                         PredictError, open_image, preprocess_image, read_ink, to_mnist)
 from segment import digit_groups, split_number
@@ -73,6 +74,7 @@ def load_model(weights_path=DEFAULT_WEIGHTS, device=None):
         raise BadWeightsError(f"{weights_path} is a folder, not a weights file.")
     if not os.path.isfile(weights_path):  # a pipe or a device would keep torch.load waiting
         raise BadWeightsError(f"{weights_path} is not a regular file, so not a weights file.")
+    _check_recorded_checksum(weights_path)
     try:
         # torch warns before it refuses a file it will not unpickle; the sentence below says it.
         with warnings.catch_warnings():
@@ -99,6 +101,25 @@ def load_model(weights_path=DEFAULT_WEIGHTS, device=None):
         raise BadWeightsError(f"{weights_path} holds weights that are not numbers (NaN or "
                               f"infinity), as a training run that diverged leaves; train again.")
     return model.to(device).eval()
+
+
+def _check_recorded_checksum(weights_path):
+    # Training records the weights' SHA-256 beside them: bytes damaged inside the file still
+    # load (torch checks the archive's layout, not its contents) and read confidently wrong.
+    try:
+        with open(metadata_path(weights_path)) as f:
+            recorded = json.load(f).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return  # no record (weights from elsewhere) or an unreadable one: nothing to check
+    try:
+        damaged = bool(recorded) and recorded != sha256_of(weights_path)
+    except OSError:
+        return  # unreadable: torch.load below says so
+    if damaged:
+        raise BadWeightsError(
+            f"{weights_path} does not match the SHA-256 that training recorded in "
+            f"{metadata_path(weights_path)}: the file is damaged or was replaced; train again, or "
+            f"delete that record if you replaced the weights on purpose.")
 
 
 def _resolve_device(device):

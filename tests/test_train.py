@@ -565,6 +565,16 @@ def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
     assert out.returncode == 0, out.stderr
     assert re.fullmatch(rf"{re.escape(str(tmp_path / 'seven.png'))}: 7 \(\d+\.\d%\)", out.stdout.strip())
 
+    # One byte damaged mid-file still loads in torch; the SHA-256 recorded beside it catches it.
+    assert info["weights_sha256"] == m.sha256_of(weights)
+    damaged = bytearray(weights.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    weights.write_bytes(bytes(damaged))
+    out = subprocess.run([sys.executable, os.path.join(repo_root, "predict.py"), str(tmp_path / "seven.png"),
+                          "--weights", str(weights)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "does not match the SHA-256" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
 
 def test_the_same_seed_gives_identical_weights_and_metrics(tmp_path, repo_root):
     results = []
