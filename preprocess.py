@@ -12,7 +12,9 @@ to_mnist() turns the ink of one digit into the model's input (segment.py splits 
 whole number into digits). Every step raises a PredictError subclass with a one-sentence message
 for bad input.
 """
+import contextlib
 import os
+import threading
 import warnings
 from typing import NamedTuple
 
@@ -114,19 +116,19 @@ def open_image(image, with_scale=False):
         img = open_file(path, path)
     source = img
     try:
-        with warnings.catch_warnings():
-            # A broken EXIF block costs only the orientation it held; Pillow's warning about it
-            # would be noise.
-            warnings.simplefilter("ignore")
-            if img.format != "JPEG":
-                # Decoded before EXIF is looked for: a PNG keeps it after the pixels, and looking
-                # decodes them with any error swallowed, leaving a half-decoded picture behind.
-                img.load()
-            full_size = _upright_size(img)
-            # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: a huge photo never fills memory.
-            if img.format == "JPEG":
-                img.draft(img.mode, (MAX_SIDE, MAX_SIDE))
+        if img.format != "JPEG":
+            # Decoded before EXIF is looked for: a PNG keeps it after the pixels, and looking
+            # decodes them with any error swallowed, leaving a half-decoded picture behind.
             img.load()
+        # A broken EXIF block costs only the orientation it held; Pillow's warning about it
+        # would be noise.
+        with _quiet():
+            full_size = _upright_size(img)
+        # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: a huge photo never fills memory.
+        if img.format == "JPEG":
+            img.draft(img.mode, (MAX_SIDE, MAX_SIDE))
+        img.load()
+        with _quiet():
             img = _upright(img)
         if max(img.size) > MAX_SIDE:
             # resize, not thumbnail: a caller's own PIL image must not be shrunk in place.
@@ -155,8 +157,7 @@ def open_file(source, name):
     below that; those are refused too, unless they are JPEG, which open_image decodes at a
     fraction of their size: decoding one whole takes gigabytes and seconds."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _quiet():
             img = Image.open(source)
     except UnidentifiedImageError as error:
         raise NotAnImageError(f"{name} is not an image file Pillow can read.") from error
@@ -172,6 +173,19 @@ def open_file(source, name):
         raise NotAnImageError(f"{name} has too many pixels to open safely ({width}x{height}; "
                               f"Pillow's decompression-bomb guard allows {limit}).")
     return img
+
+
+# warnings.catch_warnings() swaps the process's warning filters in and out: two threads inside it
+# at once (predict.py reads a folder with a pool of threads) could leave them swapped for good.
+_FILTERS = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Pillow's warnings silenced for a moment (their news is in the sentence raised, if any)."""
+    with _FILTERS, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _upright_size(img):
@@ -463,9 +477,9 @@ def _drop_ruled_lines(mask):
     """The ink mask without the ruled lines of lined or squared paper, or of a table around a
     cell: straight horizontal or vertical runs across nine tenths of the picture, thin for their
     length, and either at least three times as long as the tallest piece of writing clear of the
-    picture's border, or half as long again with paper beside it. (A digit's own bar or stem
-    is neither: it is part of its digit. A digit cropped so tightly that it touches the border is
-    left as it is: it has no such piece beside it.)"""
+    picture's border, or half as long again and standing clear of all writing. (A digit's own
+    bar or stem is neither: the rest of its digit joins it. A digit cropped so tightly that it
+    touches the border is left as it is: it has no such piece beside it.)"""
     h, w = mask.shape
     lines = _long_runs(mask, max(int(0.9 * w), 8)) | _long_runs(mask.T, max(int(0.9 * h), 8)).T
     if not lines.any():
@@ -476,6 +490,9 @@ def _drop_ruled_lines(mask):
     if not clear:
         return mask
     tall = max(max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in clear)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    writing = sizes >= 0.1 * sizes.max()  # each piece: writing, not a speck of noise
     line_labels, count = label_pieces(lines)
     areas = np.bincount(line_labels.ravel(), minlength=count + 1)
     long_ids = []
@@ -485,12 +502,13 @@ def _drop_ruled_lines(mask):
         if areas[i] / length > length / 15 or length < 1.5 * tall:
             continue
         if length < 3 * tall:
-            # The two pixels on each side of the line: paper beside a ruled line, except where
-            # writing crosses it; ink beside a run through the middle of a bold stroke.
+            # The two pixels on each side of the line: paper beside a table's line; ink beside
+            # a run through the middle of a bold stroke, or where the line is a digit's stem or
+            # bar with the rest of the digit joined to it.
             box = tuple(slice(max(x.start - 3, 0), x.stop + 3) for x in s)
             band = ndimage.binary_dilation(line_labels[box] == i, iterations=1)
             beside = ndimage.binary_dilation(band, iterations=2) & ~band
-            if mask[box][beside].mean() > 0.25:
+            if mask[box][beside].mean() > 0.25 or writing[labels[box][beside]].any():
                 continue
         long_ids.append(i)
     if not long_ids:
@@ -502,10 +520,10 @@ def _drop_frames(mask, pieces):
     """pieces (label_pieces of mask) without the printed boxes around the writing: a form's
     fields, a box drawn with a ruler. A box is a piece whose bounding box has ink along almost
     all of each of its four sides, within a band a tenth of its shorter side deep, and at least
-    a quarter paper inside, its lines thinner than that band. Only those lines are taken
-    out (see _first_line): a digit that touches its box, or runs along it, keeps its strokes.
-    (A digit's strokes along its own bounding box are thicker for it, or leave its corners
-    empty.)"""
+    a quarter paper inside, its lines thinner than that band, with writing inside it. Only
+    those lines are taken out (see _first_line): a digit that touches its box, or runs along
+    it, keeps its strokes. (A digit's strokes along its own bounding box are thicker for it, or
+    leave its corners empty, or hold no ink, as a square 0 does.)"""
     labels, count = pieces
     frames = np.zeros(mask.shape, bool)
     for k, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -516,9 +534,11 @@ def _drop_frames(mask, pieces):
         band = max(2, min(height, width) // 10)
         sides = [own[:band], own[:-band - 1:-1], own.T[:band], own.T[:-band - 1:-1]]
         inside = own[band:-band, band:-band]
-        # A box's lines are thin for it; a digit's strokes along its bounding box are not.
+        # A box's lines are thin for it, a digit's strokes along its bounding box are not; and a
+        # box is drawn around writing: a square 0 holds no ink, an empty box is left as it is.
         if (min(side.any(0).mean() for side in sides) < 0.9 or inside.mean() > 0.75
-                or max(np.median(side.sum(0)) for side in sides) >= band):
+                or max(np.median(side.sum(0)) for side in sides) >= band
+                or mask[box][band:-band, band:-band].mean() < 0.02):
             continue
         line = np.zeros(own.shape, bool)
         views = [line[:band], line[:-band - 1:-1], line.T[:band], line.T[:-band - 1:-1]]
