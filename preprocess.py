@@ -477,9 +477,10 @@ def _drop_ruled_lines(mask):
     """The ink mask without the ruled lines of lined or squared paper, or of a table around a
     cell: straight horizontal or vertical runs across nine tenths of the picture, thin for their
     length, and either at least three times as long as the tallest piece of writing clear of the
-    picture's border, or half as long again and standing clear of all writing. (A digit's own
-    bar or stem is neither: the rest of its digit joins it. A digit cropped so tightly that it
-    touches the border is left as it is: it has no such piece beside it.)"""
+    picture's border, or half as long again with paper beside it, clear of the writing or far
+    thinner than its strokes. (A digit's own bar or stem is neither: it is as thick as the rest
+    of the digit, which joins it. A digit cropped so tightly that it touches the border is left
+    as it is: it has no such piece beside it.)"""
     h, w = mask.shape
     lines = _long_runs(mask, max(int(0.9 * w), 8)) | _long_runs(mask.T, max(int(0.9 * h), 8)).T
     if not lines.any():
@@ -490,9 +491,13 @@ def _drop_ruled_lines(mask):
     if not clear:
         return mask
     tall = max(max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in clear)
-    sizes = np.bincount(labels.ravel())
+    # Each piece: writing clear of the border, not a speck of noise (nor a sliver of a blurred
+    # line's edge, which runs to the border).
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
-    writing = sizes >= 0.1 * sizes.max()  # each piece: writing, not a speck of noise
+    sizes[list(border)] = 0
+    writing = sizes >= 0.1 * sizes.max()
+    pen = stroke_width(writing[labels])
     line_labels, count = label_pieces(lines)
     areas = np.bincount(line_labels.ravel(), minlength=count + 1)
     long_ids = []
@@ -502,13 +507,15 @@ def _drop_ruled_lines(mask):
         if areas[i] / length > length / 15 or length < 1.5 * tall:
             continue
         if length < 3 * tall:
-            # The two pixels on each side of the line: paper beside a table's line; ink beside
-            # a run through the middle of a bold stroke, or where the line is a digit's stem or
-            # bar with the rest of the digit joined to it.
+            # The two pixels on each side of the line: paper beside a table's line, ink beside a
+            # run through the middle of a bold stroke. Where writing touches the line, it must be
+            # far thinner than the writing's strokes: a digit's own stem or bar is not.
             box = tuple(slice(max(x.start - 3, 0), x.stop + 3) for x in s)
             band = ndimage.binary_dilation(line_labels[box] == i, iterations=1)
             beside = ndimage.binary_dilation(band, iterations=2) & ~band
-            if mask[box][beside].mean() > 0.25 or writing[labels[box][beside]].any():
+            if mask[box][beside].mean() > 0.25:
+                continue
+            if writing[labels[box][beside]].any() and stroke_width(line_labels[s] == i) > 0.6 * pen:
                 continue
         long_ids.append(i)
     if not long_ids:

@@ -211,15 +211,17 @@ def test_a_printed_box_around_the_digit_is_not_ink(box, tolerance):
     assert np.abs(seen(img) - seen(draw_seven())).mean() < tolerance
 
 
-def test_the_lines_of_a_table_cell_are_not_ink():
+@pytest.mark.parametrize("top", [45, 50])
+def test_the_lines_of_a_table_cell_are_not_ink(top):
     """A cell cropped from a table: its lines cross the whole picture, under twice as long as
-    the digit is tall, with paper between them and the digit."""
+    the digit is tall, far thinner than its strokes, clear of it or touching its bar (top 50)."""
     img = draw_seven()
     draw = ImageDraw.Draw(img)
+    draw.line([(0, top), (299, top)], fill=0, width=3)
+    draw.line([(0, 255), (299, 255)], fill=0, width=3)
     for at in (45, 255):  # beyond a tenth of the picture from its edges: not a box
-        draw.line([(0, at), (299, at)], fill=0, width=3)
         draw.line([(at, 0), (at, 299)], fill=0, width=3)
-    assert np.abs(seen(img) - seen(draw_seven())).mean() < 0.01
+    assert np.abs(seen(img) - seen(draw_seven())).mean() < 0.02
 
 
 @pytest.mark.parametrize("zero", [
