@@ -12,8 +12,8 @@ and CSS and needs no network. The API:
     POST /api/predict   body: an image file's bytes (any format Pillow reads), at most 10 MB
                         200 {"number": "42", "digits": [{"digit", "probabilities", "box", "seen"}],
                              "digit": 4, "probabilities": [ten floats]}
-                        400 not an image, 413 too large, 422 no ink, 500 unexpected:
-                        {"error": "<one sentence>"}
+                        400 not an image, 408 over 30 s to arrive, 413 too large,
+                        422 no ink, 500 unexpected: {"error": "<one sentence>"}
 
 Every request goes through the same preprocess.py / predict.py code as the command line, so the
 page and `python predict.py` never disagree about a picture. Pictures are read in --workers
@@ -50,6 +50,9 @@ from mnist_cnn_model import MNIST_MEAN, MNIST_STD
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.html")
 # A phone photo is a few MB; ten is plenty and bounds the memory one request can take.
 MAX_BODY = 10 * 1024 * 1024
+# A photo crosses a local network in well under a second; an upload that stalls for this long
+# would otherwise hold its connection open for good.
+UPLOAD_SECONDS = 30
 # Each reader process holds its own torch and model (a few hundred MB); a page for people to draw
 # on gains little past four.
 MAX_WORKERS = 4
@@ -69,6 +72,16 @@ def open_upload(data):
         raise predict.NotAnImageError("The request body is a form upload: send the image file's own "
                                       "bytes as the body (curl --data-binary @digit.png).")
     return preprocess.open_file(io.BytesIO(data), "The request body")
+
+
+async def _body(request):
+    """The request body, or None once it is over MAX_BODY."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    return bytes(body)
 
 
 def seen_levels(tensor):
@@ -254,21 +267,22 @@ def create_app(model, readers=None):
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY:
             return too_large()
-        body = bytearray()
         try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_BODY:
-                    return too_large()
+            body = await asyncio.wait_for(_body(request), UPLOAD_SECONDS)
+        except asyncio.TimeoutError:
+            return error_response(408, f"The picture took over {UPLOAD_SECONDS} s to arrive: send "
+                                       f"it again.")
         except ClientDisconnect:  # nobody is left to answer, and nothing went wrong here
             return Response(status_code=400)
+        if body is None:
+            return too_large()
         try:
             # Preprocessing and the network are CPU work: in a worker thread or process the
             # event loop stays free to accept and answer other requests meanwhile.
             if readers is not None:
-                answer = await readers.read(bytes(body))
+                answer = await readers.read(body)
             else:
-                answer = await run_in_threadpool(read_picture, model, bytes(body))
+                answer = await run_in_threadpool(read_picture, model, body)
         except predict.NoDigitError as error:
             return error_response(422, _sentence(error))
         except predict.PredictError as error:

@@ -175,15 +175,10 @@ def test_a_form_upload_is_400_saying_to_send_the_bytes(client):
     assert_one_sentence(response, 400, "form upload")
 
 
-def test_a_client_that_hangs_up_mid_upload_is_no_error(client, caplog):
-    """Uvicorn logs every exception an app lets out, with its traceback: a client that goes away
-    half-way through sending must not fill the log."""
-    messages = [{"type": "http.request", "body": b"\x89PNG", "more_body": True},
-                {"type": "http.disconnect"}]
+def post_through_asgi(client, receive):
+    """The messages the app sends for a POST to /api/predict whose body arrives as receive()
+    delivers it, called the way a server calls the app: to play clients that hang up or stall."""
     sent = []
-
-    async def receive():
-        return messages.pop(0)
 
     async def send(message):
         sent.append(message)
@@ -192,8 +187,40 @@ def test_a_client_that_hangs_up_mid_upload_is_no_error(client, caplog):
              "scheme": "http", "path": "/api/predict", "raw_path": b"/api/predict", "root_path": "",
              "query_string": b"", "headers": [(b"content-length", b"1000")],
              "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
-    asyncio.run(client.app(scope, receive, send))
+    asyncio.run(asyncio.wait_for(client.app(scope, receive, send), 30))
+    return sent
+
+
+def first_bytes_then(message):
+    """A receive() that delivers the first bytes of a body, then message (a coroutine)."""
+    delivered = []
+
+    async def receive():
+        if not delivered:
+            delivered.append(True)
+            return {"type": "http.request", "body": b"\x89PNG", "more_body": True}
+        return await message()
+    return receive
+
+
+def test_a_client_that_hangs_up_mid_upload_is_no_error(client, caplog):
+    """Uvicorn logs every exception an app lets out, with its traceback: a client that goes away
+    half-way through sending must not fill the log."""
+    async def hang_up():
+        return {"type": "http.disconnect"}
+    sent = post_through_asgi(client, first_bytes_then(hang_up))
     assert sent[0]["status"] == 400 and "Traceback" not in caplog.text
+
+
+def test_an_upload_that_stalls_is_408_and_frees_its_connection(client, monkeypatch):
+    monkeypatch.setattr(app, "UPLOAD_SECONDS", 0.2)
+
+    async def nothing_more():
+        await asyncio.sleep(3600)
+    started = time.perf_counter()
+    sent = post_through_asgi(client, first_bytes_then(nothing_more))
+    assert sent[0]["status"] == 408 and time.perf_counter() - started < 10
+    assert b"over 0.2 s to arrive" in sent[1]["body"]
 
 
 def test_a_drawing_with_no_ink_is_422(client):
