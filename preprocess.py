@@ -120,16 +120,12 @@ def open_image(image, with_scale=False):
             # Decoded before EXIF is looked for: a PNG keeps it after the pixels, and looking
             # decodes them with any error swallowed, leaving a half-decoded picture behind.
             img.load()
-        # A broken EXIF block costs only the orientation it held; Pillow's warning about it
-        # would be noise.
-        with _quiet():
-            full_size = _upright_size(img)
+        full_size = _upright_size(img)
         # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: a huge photo never fills memory.
         if img.format == "JPEG":
             img.draft(img.mode, (MAX_SIDE, MAX_SIDE))
         img.load()
-        with _quiet():
-            img = _upright(img)
+        img = _upright(img)
         if max(img.size) > MAX_SIDE:
             # resize, not thumbnail: a caller's own PIL image must not be shrunk in place.
             shrink = MAX_SIDE / max(img.size)
@@ -191,16 +187,19 @@ def _quiet():
 def _upright_size(img):
     # The size before any draft decoding, turned as EXIF orientation 5-8 turns the picture.
     try:
-        turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        with _quiet():
+            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
     except Exception:
         turned = False
     return img.size[::-1] if turned else img.size
 
 
 def _upright(img):
-    # A broken EXIF block must not cost the user the prediction: keep the image as stored.
+    # A broken EXIF block must not cost the user the prediction (nor print Pillow's warning
+    # about it): keep the image as stored.
     try:
-        return ImageOps.exif_transpose(img)
+        with _quiet():
+            return ImageOps.exif_transpose(img)
     except Exception:
         return img
 
@@ -374,8 +373,7 @@ def _find_ink(levels, name):
     """(find_ink's mask, its pieces as label_pieces numbers them). Most pictures lose no piece
     on the way, so the pieces are numbered once, not for each step that looks at them."""
     mask = _drop_ruled_lines(_threshold(levels, name))
-    pieces = _drop_frames(mask, label_pieces(mask))
-    mask = pieces[0] > 0
+    mask, pieces = _drop_frames(mask, label_pieces(mask))
     kept = _set_aside_edge_background(levels, mask, pieces, name)
     return _drop_specks(kept, pieces if kept is mask else label_pieces(kept))
 
@@ -524,13 +522,14 @@ def _drop_ruled_lines(mask):
 
 
 def _drop_frames(mask, pieces):
-    """pieces (label_pieces of mask) without the printed boxes around the writing: a form's
-    fields, a box drawn with a ruler. A box is a piece whose bounding box has ink along almost
-    all of each of its four sides, within a band a tenth of its shorter side deep, and at least
-    a quarter paper inside, its lines thinner than that band, with writing inside it. Only
-    those lines are taken out (see _first_line): a digit that touches its box, or runs along
-    it, keeps its strokes. (A digit's strokes along its own bounding box are thicker for it, or
-    leave its corners empty, or hold no ink, as a square 0 does.)"""
+    """(mask, pieces): the ink mask (pieces: its label_pieces) and its pieces without the
+    printed boxes around the writing, a form's fields or a box drawn with a ruler. A box is a
+    piece whose bounding box has ink along almost all of each of its four sides, within a band
+    a tenth of its shorter side deep, and at least a quarter paper inside, its lines thinner
+    than that band, with writing inside it. Only those lines are taken out (see _first_line): a
+    digit that touches its box, or runs along it, keeps its strokes. (A digit's strokes along
+    its own bounding box are thicker for it, or leave its corners empty, or hold no ink, as a
+    square 0 does.)"""
     labels, count = pieces
     frames = np.zeros(mask.shape, bool)
     for k, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -553,8 +552,9 @@ def _drop_frames(mask, pieces):
             view |= _first_line(side)
         frames[box] |= line
     if not frames.any():
-        return pieces
-    return label_pieces(mask & ~frames)
+        return mask, pieces
+    mask = mask & ~frames
+    return mask, label_pieces(mask)
 
 
 def _first_line(side):
