@@ -532,6 +532,19 @@ def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
     assert a0 < b0 and abs(a1 - 116) < 10 and abs(b0 - 122) < 10
 
 
+def test_cut_paths_cross_a_thin_stroke_rather_than_all_run_round_it():
+    """Paths from different starts stay different: a detour that saves one row of ink costs more
+    than it saves, so each path stays on its own start; a gap beside the start is still taken."""
+    cost = np.zeros((40, 30))
+    cost[20, :16] = 1.0  # a stroke one pixel thick, from the left edge to column 15
+    (path,) = segment._cheapest_paths(cost, [8], 12)
+    assert (path == 8).all()
+    cost[:, 9] = 1.0  # a stroke down the start column, a paper column beside it: go there
+    cost[:, 8] = 0.0
+    (path,) = segment._cheapest_paths(cost, [9], 4)
+    assert (cost[np.arange(40), path] == 0).all()
+
+
 def test_a_digit_says_whether_it_is_all_the_ink():
     """all_ink lets the app take a one-digit number's reading for the whole picture's, so it
     must hold exactly when the digit's input is the one preprocess_image makes."""
