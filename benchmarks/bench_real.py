@@ -9,6 +9,12 @@ come as 8x8 grids of ink counts. Each is enlarged smoothly (bicubic) to a 96x96 
 white paper, and read twice through predict_user_input: once with a white margin around the digit
 (as most scans and photos have) and once with the digit filling the picture, its strokes touching
 the edges (as a tightly cropped photo gives). Prints a markdown table.
+
+    python benchmarks/bench_real.py --numbers 300                    # whole numbers instead
+
+--numbers N writes N numbers of each kind from these digits, 3-5 digits each, and reads them with
+predict_number: *spaced*, gaps of 5-60% of the digit height; *touching*, strokes crossing by up
+to 6% of the height or standing up to 3% apart, row by row, as bench_numbers.py's tight kind.
 """
 import argparse
 import os
@@ -20,10 +26,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
 
-import predict  # noqa: E402  (the repo root is only on the path once the line above ran)
+import predict  # noqa: E402  (the repo root is only on the path once the lines above ran)
+from bench_numbers import edit_distance, lay_out  # noqa: E402
 
 DATA = os.path.join(REPO, "data", "optdigits", "optdigits_train.npz")
 SIDE = 96  # the digit's picture, in pixels
@@ -38,6 +47,77 @@ def scan(grid, margin):
     return paper
 
 
+def number_scan(grids, rng, touching):
+    """The 8x8 grids written side by side as one number, on a drifting baseline with a slant, as
+    a scan: dark ink on white paper."""
+    height = rng.uniform(50, 100)
+    inks = []
+    for grid in grids:
+        side = int(height * rng.uniform(0.9, 1.1))
+        ink = np.asarray(Image.fromarray(grid.astype(np.uint8)).resize((side, side), Image.Resampling.BICUBIC),
+                         np.float32) / 255
+        rows, cols = np.flatnonzero(ink.max(1) > 0.5), np.flatnonzero(ink.max(0) > 0.5)
+        inks.append(ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    if touching:
+        gaps = [rng.uniform(-0.06, 0.03) * height for _ in grids[1:]]
+    else:
+        gaps = [rng.uniform(0.05, 0.6) * height for _ in grids[1:]]
+    ink = lay_out(inks, gaps, [len(i) for i in inks], rng, rng.uniform(-0.15, 0.15), touching)
+    return Image.fromarray(np.round(255 * (1 - 0.9 * ink)).astype(np.uint8))
+
+
+def read_numbers(model, images, labels, count, seed, root):
+    """(kind, whole-number accuracy, per-digit accuracy) for count numbers of each kind."""
+    rows = []
+    for k, kind in enumerate(("spaced", "touching")):
+        folder = os.path.join(root, kind)
+        os.makedirs(folder, exist_ok=True)
+        whole = digits_right = digits_total = 0
+        for n in range(count):
+            rng = np.random.default_rng([seed, k, n])
+            picked = rng.choice(len(images), size=int(rng.integers(3, 6)), replace=False)
+            truth = "".join(str(labels[i]) for i in picked)
+            path = os.path.join(folder, f"{n:04d}_{truth}.png")
+            number_scan([images[i] for i in picked], rng, kind == "touching").save(path)
+            try:
+                read = predict.predict_number(model, path)
+            except predict.PredictError:
+                read = ""
+            whole += read == truth
+            digits_right += max(0, len(truth) - edit_distance(read, truth))
+            digits_total += len(truth)
+        rows.append((kind, 100 * whole / count, 100 * digits_right / digits_total))
+        print(f"{kind}: whole numbers {rows[-1][1]:.1f}%, digits {rows[-1][2]:.1f}%", file=sys.stderr, flush=True)
+    return rows
+
+
+def read_digits(model, images, labels, root):
+    """(variant, accuracy) with a margin and without, each digit read by predict_user_input."""
+    rows = []
+    for variant, margin in (("margin", MARGIN), ("no margin", 0)):
+        folder = os.path.join(root, variant.replace(" ", "_"))
+        os.makedirs(folder, exist_ok=True)
+        right = failed = 0
+        confusion = np.zeros((10, 10), np.int64)
+        for n, (grid, label) in enumerate(zip(images, labels)):
+            path = os.path.join(folder, f"{n:05d}_{label}.png")
+            scan(grid, margin).save(path)
+            try:
+                digit = predict.predict_user_input(model, path)
+            except predict.PredictError:
+                failed += 1
+                continue
+            right += digit == label
+            confusion[label, digit] += 1
+        rows.append((variant, 100 * right / len(labels)))
+        worst = sorted(((confusion[t, p], t, p) for t in range(10) for p in range(10) if t != p),
+                       reverse=True)[:3]
+        print(f"{variant}: {100 * right / len(labels):.1f}%, no digit found {failed}; "
+              f"commonest mistakes: " + ", ".join(f"{t} read as {p} ({c})" for c, t, p in worst),
+              file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=os.path.join(REPO, "mnist_cnn.pt"),
@@ -45,7 +125,12 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=None,
                         help="only the first N digits (default: all 3823)")
     parser.add_argument("--keep", metavar="DIR", help="write the pictures here and keep them")
+    parser.add_argument("--numbers", type=int, metavar="N",
+                        help="read N numbers of each kind instead of single digits (default: off)")
+    parser.add_argument("--seed", type=int, default=0, help="picks the numbers' digits and layout (default: 0)")
     args = parser.parse_args(argv)
+    if args.numbers is not None and args.numbers < 1:
+        parser.error("--numbers must be at least 1")
     try:
         model = predict.load_model(args.weights)
     except predict.PredictError as error:
@@ -56,41 +141,25 @@ def main(argv=None):
 
     tmp = None if args.keep else tempfile.TemporaryDirectory()
     root = args.keep or tmp.name
-    rows = []
     try:
-        for variant, margin in (("margin", MARGIN), ("no margin", 0)):
-            folder = os.path.join(root, variant.replace(" ", "_"))
-            os.makedirs(folder, exist_ok=True)
-            right = failed = 0
-            confusion = np.zeros((10, 10), np.int64)
-            for n, (grid, label) in enumerate(zip(images, labels)):
-                path = os.path.join(folder, f"{n:05d}_{label}.png")
-                scan(grid, margin).save(path)
-                try:
-                    digit = predict.predict_user_input(model, path)
-                except predict.PredictError:
-                    failed += 1
-                    continue
-                right += digit == label
-                confusion[label, digit] += 1
-            rows.append((variant, 100 * right / len(labels), failed))
-            worst = sorted(((confusion[t, p], t, p) for t in range(10) for p in range(10) if t != p),
-                           reverse=True)[:3]
-            print(f"{variant}: {100 * right / len(labels):.1f}%, no digit found {failed}; "
-                  f"commonest mistakes: " + ", ".join(f"{t} read as {p} ({c})" for c, t, p in worst),
-                  file=sys.stderr, flush=True)
+        if args.numbers:
+            rows = read_numbers(model, images, labels, args.numbers, args.seed, root)
+        else:
+            rows = read_digits(model, images, labels, root)
     finally:
         if tmp:
             tmp.cleanup()
 
-    print(f"\n{len(labels)} optdigits digits (30 writers), weights {os.path.relpath(args.weights)}; "
-          f"{platform.machine()} CPU, torch {torch.__version__}\n")
-    print("| picture | predict.py |")
-    print("|---|---:|")
-    for variant, accuracy, failed in rows:
-        print(f"| {variant} | {accuracy:.1f}% |")
+    what = (f"{args.numbers} numbers of each kind from optdigits digits (30 writers), seed {args.seed}"
+            if args.numbers else f"{len(labels)} optdigits digits (30 writers)")
+    print(f"\n{what}, weights {os.path.relpath(args.weights)}; {platform.machine()} CPU, torch {torch.__version__}\n")
+    if args.numbers:
+        print("| kind | whole number | per digit |\n|---|---:|---:|")
+    else:
+        print("| picture | predict.py |\n|---|---:|")
+    for row in rows:
+        print("| " + " | ".join([row[0]] + [f"{x:.1f}%" for x in row[1:]]) + " |")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
