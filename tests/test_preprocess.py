@@ -535,9 +535,9 @@ def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
 def test_cut_paths_cross_a_thin_stroke_rather_than_all_run_round_it():
     """Paths from different starts stay different: a detour that saves one row of ink costs more
     than it saves, so each path stays on its own start; a gap beside the start is still taken."""
-    cost = np.zeros((40, 30))
-    cost[20, :16] = 1.0  # a stroke one pixel thick, from the left edge to column 15
-    (path,) = segment._cheapest_paths(cost, [8], 12)
+    cost = np.zeros((40, 40))
+    cost[20, :24] = 1.0  # a stroke one pixel thick, from the left edge to column 23
+    (path,) = segment._cheapest_paths(cost, [8], 20)
     assert (path == 8).all()
     cost[:, 9] = 1.0  # a stroke down the start column, a paper column beside it: go there
     cost[:, 8] = 0.0
