@@ -197,12 +197,11 @@ CUT_STEP = 0.15
 REACH = 0.35
 # Every row a path spends off its start column costs ANCHOR per column (in pixels of solid ink),
 # so it goes round a stroke only where that saves more ink than the detour costs. With a mere
-# tie-break (0.001), paths from nearby starts ran together into the one cheapest path, and
-# digits that touch in more than one place (a 7's bar over the next digit, a 2's base under a
-# 1) were left with no cut between them: on bench_numbers' tight kind (seed 1), some way of
-# joining the slices read the right number for 52% of numbers then, 74% with 0.01. Stiffer
-# paths (0.03: 79%) read MNIST's numbers about as well but touching numbers of other writers'
-# digits (optdigits) worse, as they cut through more of one digit's strokes.
+# tie-break, paths from nearby starts ran together into the one cheapest path, and digits that
+# touch in more than one place (a 7's bar over the next digit, a 2's base under a 1) were left
+# with no cut between them. Stiffer paths cut through more of one digit's strokes instead: 0.03
+# read touching optdigits numbers drawn with bold strokes worse than the tie-break did. The
+# README gives the figures; pictures 2.5 times larger read as well with the same value.
 ANCHOR = 0.01
 
 

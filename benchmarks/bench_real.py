@@ -32,7 +32,6 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 import predict  # noqa: E402  (the repo root is only on the path once the lines above ran)
-from bench_numbers import edit_distance, lay_out  # noqa: E402
 
 DATA = os.path.join(REPO, "data", "optdigits", "optdigits_train.npz")
 SIDE = 96  # the digit's picture, in pixels
@@ -50,13 +49,17 @@ def scan(grid, margin):
 def number_scan(grids, rng, touching):
     """The 8x8 grids written side by side as one number, on a drifting baseline with a slant, as
     a scan: dark ink on white paper."""
+    from bench_numbers import lay_out  # only here: tests import this module for scan alone
     height = rng.uniform(50, 100)
     inks = []
     for grid in grids:
         side = int(height * rng.uniform(0.9, 1.1))
-        ink = np.asarray(Image.fromarray(grid.astype(np.uint8)).resize((side, side), Image.Resampling.BICUBIC),
-                         np.float32) / 255
-        rows, cols = np.flatnonzero(ink.max(1) > 0.5), np.flatnonzero(ink.max(0) > 0.5)
+        ink = Image.fromarray(grid.astype(np.uint8)).resize((side, side), Image.Resampling.BICUBIC)
+        ink = np.asarray(ink, np.float32) / 255
+        # Cropped to its ink, as lay_out places each digit by its ink box (every optdigits grid
+        # has a cell of at least 223, so every one has some).
+        solid = ink > 0.5
+        rows, cols = np.flatnonzero(solid.any(1)), np.flatnonzero(solid.any(0))
         inks.append(ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
     if touching:
         gaps = [rng.uniform(-0.06, 0.03) * height for _ in grids[1:]]
@@ -66,8 +69,9 @@ def number_scan(grids, rng, touching):
     return Image.fromarray(np.round(255 * (1 - 0.9 * ink)).astype(np.uint8))
 
 
-def read_numbers(model, images, labels, count, seed, root):
+def read_numbers(model, images, labels, count, seed, root, root_kept=False):
     """(kind, whole-number accuracy, per-digit accuracy) for count numbers of each kind."""
+    from bench_numbers import edit_distance
     rows = []
     for k, kind in enumerate(("spaced", "touching")):
         folder = os.path.join(root, kind)
@@ -84,10 +88,13 @@ def read_numbers(model, images, labels, count, seed, root):
             except predict.PredictError:
                 read = ""
             whole += read == truth
+            if read != truth and root_kept:
+                print(f"  {os.path.basename(path)}: read {read}", file=sys.stderr)
             digits_right += max(0, len(truth) - edit_distance(read, truth))
             digits_total += len(truth)
         rows.append((kind, 100 * whole / count, 100 * digits_right / digits_total))
-        print(f"{kind}: whole numbers {rows[-1][1]:.1f}%, digits {rows[-1][2]:.1f}%", file=sys.stderr, flush=True)
+        print(f"{kind}: whole numbers {rows[-1][1]:.1f}%, digits {rows[-1][2]:.1f}%",
+              file=sys.stderr, flush=True)
     return rows
 
 
@@ -123,14 +130,21 @@ def main(argv=None):
     parser.add_argument("--weights", default=os.path.join(REPO, "mnist_cnn.pt"),
                         help="weights to measure (default: mnist_cnn.pt)")
     parser.add_argument("--limit", type=int, default=None,
-                        help="only the first N digits (default: all 3823)")
-    parser.add_argument("--keep", metavar="DIR", help="write the pictures here and keep them")
+                        help="only the first N digits; with --numbers, the digits numbers are made of "
+                             "(default: all 3823)")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="write the pictures here and keep them (default: a temporary folder)")
     parser.add_argument("--numbers", type=int, metavar="N",
                         help="read N numbers of each kind instead of single digits (default: off)")
-    parser.add_argument("--seed", type=int, default=0, help="picks the numbers' digits and layout (default: 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="picks the digits and layout of --numbers (default: 0)")
     args = parser.parse_args(argv)
     if args.numbers is not None and args.numbers < 1:
         parser.error("--numbers must be at least 1")
+    if args.limit is not None and args.limit < (5 if args.numbers else 1):
+        parser.error("--limit must be at least 1, and at least 5 with --numbers")
+    if args.seed < 0:
+        parser.error("--seed must not be negative")
     try:
         model = predict.load_model(args.weights)
     except predict.PredictError as error:
@@ -143,16 +157,17 @@ def main(argv=None):
     root = args.keep or tmp.name
     try:
         if args.numbers:
-            rows = read_numbers(model, images, labels, args.numbers, args.seed, root)
+            rows = read_numbers(model, images, labels, args.numbers, args.seed, root, bool(args.keep))
         else:
             rows = read_digits(model, images, labels, root)
     finally:
         if tmp:
             tmp.cleanup()
 
-    what = (f"{args.numbers} numbers of each kind from optdigits digits (30 writers), seed {args.seed}"
-            if args.numbers else f"{len(labels)} optdigits digits (30 writers)")
-    print(f"\n{what}, weights {os.path.relpath(args.weights)}; {platform.machine()} CPU, torch {torch.__version__}\n")
+    what = (f"{args.numbers} numbers of each kind from {len(labels)} optdigits digits, seed {args.seed}"
+            if args.numbers else f"{len(labels)} optdigits digits")
+    print(f"\n{what} (30 writers), weights {os.path.relpath(args.weights)}; "
+          f"{platform.machine()} CPU, torch {torch.__version__}\n")
     if args.numbers:
         print("| kind | whole number | per digit |\n|---|---:|---:|")
     else:
@@ -160,6 +175,7 @@ def main(argv=None):
     for row in rows:
         print("| " + " | ".join([row[0]] + [f"{x:.1f}%" for x in row[1:]]) + " |")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -533,14 +533,16 @@ def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
 
 
 def test_cut_paths_cross_a_thin_stroke_rather_than_all_run_round_it():
-    """Paths from different starts stay different: a detour that saves one row of ink costs more
-    than it saves, so each path stays on its own start; a gap beside the start is still taken."""
+    """Paths from different starts stay different. Going round a stroke one pixel thick that
+    ends 12-20 columns away costs ANCHOR times 144-400 column-rows, more than the one pixel of ink
+    it saves, so each path crosses it on its own start (a mere tie-break would send all three
+    round its end, into one path). A paper column right beside the start is still taken."""
     cost = np.zeros((40, 40))
-    cost[20, :24] = 1.0  # a stroke one pixel thick, from the left edge to column 23
-    (path,) = segment._cheapest_paths(cost, [8], 20)
-    assert (path == 8).all()
-    cost[:, 9] = 1.0  # a stroke down the start column, a paper column beside it: go there
-    cost[:, 8] = 0.0
+    cost[20, :24] = 1.0  # from the left edge to column 23
+    paths = segment._cheapest_paths(cost, [4, 8, 12], 20)
+    assert [set(path) for path in paths] == [{4}, {8}, {12}]
+    cost[:, 9] = 1.0  # a stroke down the start column (and through row 20's stroke at column 8,
+    cost[:, 8] = 0.0  # cleared here), a paper column beside it: the path goes there
     (path,) = segment._cheapest_paths(cost, [9], 4)
     assert (cost[np.arange(40), path] == 0).all()
 
