@@ -143,6 +143,10 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=os.path.join(REPO, "data"))
     parser.add_argument("--keep", metavar="DIR", help="write the pictures here and keep them")
     args = parser.parse_args(argv)
+    if args.per_kind < 1:
+        parser.error("--per-kind must be at least 1")
+    if args.seed < 0:
+        parser.error("--seed must not be negative")
     kinds = args.kinds.split(",")
     for kind in kinds:
         if kind not in KINDS:
