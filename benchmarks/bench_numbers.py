@@ -124,13 +124,23 @@ def make_number(kind, digits28, rng):
     return finish_photo(rgb, rng), ".jpg"
 
 
-def edit_distance(a, b):
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
+def read_number(model, path):
+    """What predict_number reads in the picture; "" when it finds nothing (a miss, not a stop)."""
+    try:
+        return predict.predict_number(model, path)
+    except predict.PredictError:
+        return ""
+
+
+def digits_right(read, truth):
+    """The digits of truth that read got: its length less the edit distance, so that a missed or
+    an extra digit counts as an error."""
+    row = list(range(len(truth) + 1))
+    for i, ca in enumerate(read, 1):
         previous, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
+        for j, cb in enumerate(truth, 1):
             previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (ca != cb))
-    return row[-1]
+    return max(0, len(truth) - row[-1])
 
 
 def main(argv=None):
@@ -166,7 +176,7 @@ def main(argv=None):
             folder = os.path.join(root, kind)
             os.makedirs(folder, exist_ok=True)
             low, high = {"spaced": (3, 7), "tight": (4, 6), "canvas": (2, 5)}[kind]
-            whole = digits_right = digits_total = 0
+            whole = right = digits_total = 0
             seconds = 0.0
             for n in range(args.per_kind):
                 rng = np.random.default_rng([args.seed, KINDS.index(kind), n])
@@ -177,17 +187,14 @@ def main(argv=None):
                 with open(path, "wb") as f:
                     f.write(data)
                 t0 = time.perf_counter()
-                try:
-                    read = predict.predict_number(model, path)
-                except predict.PredictError:
-                    read = ""
+                read = read_number(model, path)
                 seconds += time.perf_counter() - t0
                 whole += read == truth
-                digits_right += max(0, len(truth) - edit_distance(read, truth))
+                right += digits_right(read, truth)
                 digits_total += len(truth)
                 if read != truth and args.keep:
                     print(f"  {os.path.basename(path)}: read {read}", file=sys.stderr)
-            rows.append((kind, 100 * whole / args.per_kind, 100 * digits_right / digits_total,
+            rows.append((kind, 100 * whole / args.per_kind, 100 * right / digits_total,
                          1000 * seconds / args.per_kind))
             print(f"{kind}: whole numbers {rows[-1][1]:.1f}%, digits {rows[-1][2]:.1f}%, "
                   f"{rows[-1][3]:.0f} ms a picture", file=sys.stderr, flush=True)

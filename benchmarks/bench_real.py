@@ -71,28 +71,25 @@ def number_scan(grids, rng, touching):
 
 def read_numbers(model, images, labels, count, seed, root, root_kept=False):
     """(kind, whole-number accuracy, per-digit accuracy) for count numbers of each kind."""
-    from bench_numbers import edit_distance
+    from bench_numbers import digits_right, read_number
     rows = []
     for k, kind in enumerate(("spaced", "touching")):
         folder = os.path.join(root, kind)
         os.makedirs(folder, exist_ok=True)
-        whole = digits_right = digits_total = 0
+        whole = right = digits_total = 0
         for n in range(count):
             rng = np.random.default_rng([seed, k, n])
             picked = rng.choice(len(images), size=int(rng.integers(3, 6)), replace=False)
             truth = "".join(str(labels[i]) for i in picked)
             path = os.path.join(folder, f"{n:04d}_{truth}.png")
             number_scan([images[i] for i in picked], rng, kind == "touching").save(path)
-            try:
-                read = predict.predict_number(model, path)
-            except predict.PredictError:
-                read = ""
+            read = read_number(model, path)
             whole += read == truth
+            right += digits_right(read, truth)
+            digits_total += len(truth)
             if read != truth and root_kept:
                 print(f"  {os.path.basename(path)}: read {read}", file=sys.stderr)
-            digits_right += max(0, len(truth) - edit_distance(read, truth))
-            digits_total += len(truth)
-        rows.append((kind, 100 * whole / count, 100 * digits_right / digits_total))
+        rows.append((kind, 100 * whole / count, 100 * right / digits_total))
         print(f"{kind}: whole numbers {rows[-1][1]:.1f}%, digits {rows[-1][2]:.1f}%",
               file=sys.stderr, flush=True)
     return rows
