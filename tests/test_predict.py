@@ -256,6 +256,19 @@ def mnist_number(images, picks, height=84, gap=40, slant=0.0):
     return img
 
 
+def touching_number(images, picks, height=84):
+    """MNIST test digits dark on light paper, each one's ink box overlapping the one before by
+    a tenth of the height, so that their strokes touch: one piece of ink."""
+    tiles = [np.asarray(Image.fromarray(images[i]).resize((height, height), Image.Resampling.BICUBIC))
+             for i in picks]
+    step = height - 12 * height // 28 - height // 10  # MNIST leaves 4 of 28 columns each side
+    paper = np.zeros((2 * height, len(tiles) * step + height + 40), np.uint8)
+    for k, tile in enumerate(tiles):
+        region = paper[height // 2:height // 2 + height, 20 + k * step:20 + k * step + height]
+        np.maximum(region, tile, out=region)
+    return Image.fromarray(255 - paper)
+
+
 @pytest.mark.parametrize("slant", [0.0, -0.25])
 def test_a_number_reads_as_its_digits_do_one_by_one(small_model, tmp_path, mnist_test, slant):
     """Each digit of a number is found, in order, and read as the model reads that digit in a
@@ -290,6 +303,12 @@ def test_cli_reads_a_number_and_says_when_a_picture_holds_several_digits(small_m
     assert single.returncode == 0 and "it holds 3 digits: use --number" in single.stdout
     alone = run_cli(save(draw_seven(), tmp_path / "seven.png"), "--weights", small_model_weights)
     assert "holds" not in alone.stdout
+    # Digits whose strokes touch are one piece of ink: the count is the number reader's, not
+    # the pieces' (which would say nothing here, one piece).
+    touching = save(touching_number(images, [0, 3, 4]), tmp_path / "touching.png")
+    count = len(predict.predict_digits(predict.load_model(small_model_weights), touching))
+    said = run_cli(touching, "--weights", small_model_weights)
+    assert count >= 2 and f"it holds {count} digits: use --number" in said.stdout
     shown = run_cli(path, "--weights", small_model_weights, "--number", "--show", cwd=tmp_path)
     assert shown.returncode == 0 and (tmp_path / "predictions" / "number.png").exists()
     refused = run_cli(path, "--weights", small_model_weights, "--number", "--top-k", "2")
