@@ -15,6 +15,8 @@ from PIL import Image
 
 import predict  # conftest.py puts the repository root on sys.path
 from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD
+from preprocess import read_ink
+from segment import digit_groups
 
 from drawing import as_mnist_photo, draw_seven, save
 
@@ -257,11 +259,12 @@ def mnist_number(images, picks, height=84, gap=40, slant=0.0):
 
 
 def touching_number(images, picks, height=84):
-    """MNIST test digits dark on light paper, each one's ink box overlapping the one before by
-    a tenth of the height, so that their strokes touch: one piece of ink."""
+    """MNIST test digits dark on light paper, each placed 0.48 of the height after the one
+    before: less than their ink is wide (MNIST's digits mostly span 12-20 of 28 columns), so
+    their strokes touch."""
     tiles = [np.asarray(Image.fromarray(images[i]).resize((height, height), Image.Resampling.BICUBIC))
              for i in picks]
-    step = height - 12 * height // 28 - height // 10  # MNIST leaves 4 of 28 columns each side
+    step = int(0.48 * height)
     paper = np.zeros((2 * height, len(tiles) * step + height + 40), np.uint8)
     for k, tile in enumerate(tiles):
         region = paper[height // 2:height // 2 + height, 20 + k * step:20 + k * step + height]
@@ -306,6 +309,7 @@ def test_cli_reads_a_number_and_says_when_a_picture_holds_several_digits(small_m
     # Digits whose strokes touch are one piece of ink: the count is the number reader's, not
     # the pieces' (which would say nothing here, one piece).
     touching = save(touching_number(images, [0, 3, 4]), tmp_path / "touching.png")
+    assert len(digit_groups(read_ink(touching))) == 1
     count = len(predict.predict_digits(predict.load_model(small_model_weights), touching))
     said = run_cli(touching, "--weights", small_model_weights)
     assert count >= 2 and f"it holds {count} digits: use --number" in said.stdout
