@@ -37,7 +37,7 @@ from PIL import Image
 from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD, metadata_path, sha256_of
 from preprocess import (ImageNotFoundError, NoDigitError, NotAnImageError,  # noqa: F401
                         PredictError, open_image, preprocess_image, read_ink, to_mnist)
-from segment import digit_groups, split_number
+from segment import count_digits, split_number
 
 # Edit this to point at your own image, then run `python predict.py`.
 image_path = "my_digit.png"
@@ -226,19 +226,11 @@ def image_files(paths):
 
 
 def _read_one(model, path):
-    # (the digit's tensor, how many digits the picture holds), or the error. Pieces of ink side
-    # by side, or one piece over 1.2 times as wide as tall (digits that touch: a 5-digit number
-    # written in two strokes was said to hold 2), are counted as --number reads them. One
-    # narrower piece is one digit, without the number reader's search: at 1.0, a tenth of
-    # bench_predict's single digits took it and a folder of 400 read 25% slower; at 1.2, 2%
-    # and 7-9% slower.
+    # (the digit's tensor, how many digits --number would read), or the error. Counting pieces
+    # of ink instead said "holds 2 digits" of a 5-digit number written in two strokes.
     try:
         ink = read_ink(path)
-        groups = digit_groups(ink)
-        count = len(groups)
-        if count > 1 or count == 1 and groups[0].right - groups[0].left > 1.2 * groups[0].height:
-            count = len(split_number(ink, lambda batch: predict_batch(model, batch)))
-        return to_mnist(ink.levels, ink.mask, ink.name), count
+        return to_mnist(ink.levels, ink.mask, ink.name), count_digits(ink, lambda batch: predict_batch(model, batch))
     except PredictError as error:
         return _bare(error)
 

@@ -62,6 +62,17 @@ def split_number(ink, classify):
     return [digit for _, digit in digits]
 
 
+def count_digits(ink, classify):
+    """How many digits split_number would find in ink, asking classify only where it must: one
+    piece of ink no wider than 1.2 times its height is one digit (a wide 0 or 2 included), so a
+    folder of single digits skips the search for the cuts (at 1.0 a tenth of bench_predict's
+    digits took it, and reading them 25% longer; at 1.2, 2% and 7-9%)."""
+    groups = digit_groups(ink)
+    if len(groups) == 1 and groups[0].right - groups[0].left <= 1.2 * groups[0].height:
+        return 1
+    return len(split_number(ink, classify)) if groups else 0
+
+
 class Group(NamedTuple):
     """Pieces of ink taken for one digit (or several that touch): box (slices of the picture),
     mask (bool, the group's ink within box), left and right along the writing, height (rows),

@@ -300,7 +300,8 @@ def test_cli_reads_a_number_and_says_when_a_picture_holds_several_digits(small_m
     path = save(mnist_number(images, [0, 1, 2]), tmp_path / "number.png")
     result = run_cli(path, "--weights", small_model_weights, "--number")
     assert result.returncode == 0, result.stderr
-    number = predict.predict_number(predict.load_model(small_model_weights), path)
+    model = predict.load_model(small_model_weights)
+    number = predict.predict_number(model, path)
     assert result.stdout.startswith(f"{path}: {number} (")
     single = run_cli(path, "--weights", small_model_weights)
     assert single.returncode == 0 and "it holds 3 digits: use --number" in single.stdout
@@ -310,7 +311,7 @@ def test_cli_reads_a_number_and_says_when_a_picture_holds_several_digits(small_m
     # the pieces' (which would say nothing here, one piece).
     touching = save(touching_number(images, [0, 3, 4]), tmp_path / "touching.png")
     assert len(digit_groups(read_ink(touching))) == 1
-    count = len(predict.predict_digits(predict.load_model(small_model_weights), touching))
+    count = len(predict.predict_digits(model, touching))
     said = run_cli(touching, "--weights", small_model_weights)
     assert count >= 2 and f"it holds {count} digits: use --number" in said.stdout
     shown = run_cli(path, "--weights", small_model_weights, "--number", "--show", cwd=tmp_path)
