@@ -653,9 +653,17 @@ def normalise_stroke_width(digit):
     one-pixel pen line shrunk into a 20x20 box would fade to a faint grey trace the model has
     never seen, and once faded it could no longer be measured. (Thinning bold marker strokes
     the same way was tried and read worse: erosion cannot reopen a loop the marker closed.)"""
-    mask = digit > 0.5
+    digit = widen_strokes(digit, MNIST_STROKE_RATIO * max(digit.shape))
+    h, w = digit.shape
+    scale = 20 * SUPERSAMPLE / max(h, w)
+    return np.clip(_resize(digit, round(w * scale), round(h * scale)), 0.0, 1.0)
+
+
+def widen_strokes(ink, target):
+    """The ink (soft levels) with its strokes widened to about target pixels if they are much
+    thinner, padded by the amount they grew."""
+    mask = ink > 0.5
     width = stroke_width(mask)
-    target = MNIST_STROKE_RATIO * max(digit.shape)
     if 0 < width < 0.75 * target:
         radius = int(round((target - width) / 2))
         if radius >= 1:
@@ -663,10 +671,8 @@ def normalise_stroke_width(digit):
             # separable: a binary dilation by the same square costs its area per pixel).
             wider = ndimage.maximum_filter(np.pad(mask, radius).astype(np.float32), size=2 * radius + 1,
                                            mode="constant")
-            digit = np.maximum(np.pad(digit, radius), wider)
-    h, w = digit.shape
-    scale = 20 * SUPERSAMPLE / max(h, w)
-    return np.clip(_resize(digit, round(w * scale), round(h * scale)), 0.0, 1.0)
+            ink = np.maximum(np.pad(ink, radius), wider)
+    return ink
 
 
 def centre_in_28x28(digit):
@@ -686,3 +692,35 @@ def centre_in_28x28(digit):
     y1, x1 = min(top + h, size), min(left + w, size)
     canvas[y0:y1, x0:x1] = digit[y0 - top:y1 - top, x0 - left:x1 - left]
     return canvas.reshape(28, s, 28, s).mean(axis=(1, 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# A row of digits for the number reader (number_reader.py)
+
+# The row is scaled to MNIST's 20-pixel digit box and padded to its 28, so that the reader's
+# convolutions see strokes of the size the digit CNN's do.
+LINE_HEIGHT = 20
+LINE_PAD = 4
+
+
+def to_line_input(levels, mask, name="the image"):
+    """The ink of a row of digits (levels, with the mask of the ink that belongs to it) as the
+    number reader reads it: 28 x W float32, ink 1 on 0. The strokes are brought to MNIST's width
+    for the row's height, as to_mnist does for one digit."""
+    ink = crop_to_ink(levels, mask)
+    rows = np.flatnonzero((ink > 0.5).any(axis=1))
+    if rows.size == 0:
+        raise NoDigitError(f"No digit found in {name}: too little ink is left once cropped.")
+    return fit_line(widen_strokes(ink, MNIST_STROKE_RATIO * (rows[-1] + 1 - rows[0])))
+
+
+def fit_line(ink):
+    """Ink levels in [0, 1] (background 0) cropped to the solid ink, scaled to LINE_HEIGHT rows,
+    padded by LINE_PAD on every side: 28 x W float32."""
+    rows = np.flatnonzero((ink > 0.5).any(axis=1))
+    cols = np.flatnonzero((ink > 0.5).any(axis=0))
+    if rows.size == 0:
+        raise NoDigitError("No digit found: too little ink is left once cropped.")
+    ink = np.asarray(ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], np.float32)
+    width = max(2, round(ink.shape[1] * LINE_HEIGHT / ink.shape[0]))
+    return np.pad(np.clip(_resize(ink, width, LINE_HEIGHT), 0.0, 1.0), LINE_PAD)
