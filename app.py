@@ -5,8 +5,9 @@ Draw digits in your browser and watch the model read them as you draw; or ask it
     python app.py --weights mnist_cnn.pt --port 8080
     curl --data-binary @photo.jpg http://127.0.0.1:8000/api/predict
 
-Train first (`python mnist_cnn_model.py`). The page (app.html) is one file with plain JavaScript
-and CSS and needs no network. The API:
+Train first (`python mnist_cnn_model.py`; `python number_reader.py` too, for digits drawn so
+close that they touch: number_reader.pt is used when it is there). The page (app.html) is one
+file with plain JavaScript and CSS and needs no network. The API:
 
     GET  /api/health    {"status": "ok"}
     POST /api/predict   body: an image file's bytes (any format Pillow reads), at most 10 MB
@@ -91,14 +92,15 @@ def seen_levels(tensor):
     return (grey * 255).round().to(torch.uint8).flatten().tolist()
 
 
-def read_picture(model, data):
+def read_picture(model, data, reader=None):
     """The answer of POST /api/predict for an image file's bytes (CPU work: run it off the event
-    loop). Raises PredictError subclasses for bad pictures."""
+    loop), with the number reader too when given. Raises PredictError subclasses for bad
+    pictures."""
     # The ink is found once and read both ways, just as predict_digits (the number) and
     # preprocess_image (the whole picture as one digit) each read it on their own.
     ink = preprocess.read_ink(open_upload(data))
     try:
-        readings, failure = predict.read_digits(model, ink), None
+        readings, failure = predict.read_digits(model, ink, reader), None
     except predict.NoDigitError as error:
         readings, failure = [], error
     if len(readings) == 1 and readings[0].all_ink:
@@ -121,7 +123,7 @@ def read_picture(model, data):
     }
 
 
-def warm_up(model):
+def warm_up(model, reader=None):
     """Read one small drawing, so that the first picture a person sends does not pay for the
     set-up torch, NumPy and SciPy do on their first call (its answer would come several times
     slower than the next ones')."""
@@ -130,7 +132,7 @@ def warm_up(model):
     buf = io.BytesIO()
     img.save(buf, "PNG")
     try:
-        read_picture(model, buf.getvalue())
+        read_picture(model, buf.getvalue(), reader)
     except Exception as error:  # only the first answer's speed is at stake: serve regardless
         log.warning("Reading a first drawing at start-up failed (%s); serving anyway.", error)
 
@@ -154,15 +156,15 @@ def too_large():
 # Reader processes: reading a picture is Python work that holds the GIL, so threads of one
 # process read one picture at a time however many cores there are.
 
-_reader_model = None  # in a reader process, its copy of the model
+_reader_models = None  # in a reader process, its copy of the model and of the number reader
 
 
-def _start_reader(pickled_model, ready):
-    global _reader_model
+def _start_reader(pickled_models, ready):
+    global _reader_models
     # One process per core already keeps the cores busy; more threads would only fight them.
     torch.set_num_threads(1)
-    _reader_model = pickle.loads(pickled_model)
-    warm_up(_reader_model)
+    _reader_models = pickle.loads(pickled_models)
+    warm_up(*_reader_models)
     _spare_from_garbage_collection()
     # The server stops its readers, but if it is killed they must not linger: the pipe they
     # were started through closes when it ends, whatever ends it.
@@ -184,22 +186,24 @@ def _exit_with_server():
 
 
 def _read_in_reader(data):
-    return read_picture(_reader_model, data)
+    model, reader = _reader_models
+    return read_picture(model, data, reader)
 
 
 class Readers:
-    """count processes that read pictures in parallel, each with its own copy of model. If one
-    dies (killed, out of memory), its request fails with a 500 and a fresh set is started."""
+    """count processes that read pictures in parallel, each with its own copy of model (and of
+    the number reader, when given). If one dies (killed, out of memory), its request fails with a
+    500 and a fresh set is started."""
 
-    def __init__(self, model, count):
-        self.pickled_model = pickle.dumps(model)
+    def __init__(self, model, count, reader=None):
+        self.pickled_models = pickle.dumps((model, reader))
         self.count = count
         self.pool, self.started = self._start()
 
     def _start(self):
         context = multiprocessing.get_context("spawn")  # fork would copy the server's threads
         pool = ProcessPoolExecutor(self.count, context, initializer=_start_reader,
-                                   initargs=(self.pickled_model, context.Barrier(self.count)))
+                                   initargs=(self.pickled_models, context.Barrier(self.count)))
         # Ctrl-C in a terminal reaches every process of its group; the readers ignore it (they
         # inherit that while they are started here) and are stopped by the server instead.
         main_thread = threading.current_thread() is threading.main_thread()
@@ -244,9 +248,9 @@ def default_workers():
 # ---------------------------------------------------------------------------------------------
 # The web app
 
-def create_app(model, readers=None):
-    """The FastAPI app serving the page and the API: with an already loaded model in this
-    process's worker threads, or in readers (a Readers) when given."""
+def create_app(model, readers=None, reader=None):
+    """The FastAPI app serving the page and the API: with an already loaded model (and number
+    reader, when given) in this process's worker threads, or in readers (a Readers) when given."""
     # No /docs or /redoc: FastAPI's pages for them load scripts from a CDN, and this app must
     # work with no network.
     app = FastAPI(title="MNIST digit reader", docs_url=None, redoc_url=None)
@@ -282,7 +286,7 @@ def create_app(model, readers=None):
             if readers is not None:
                 answer = await readers.read(body)
             else:
-                answer = await run_in_threadpool(read_picture, model, body)
+                answer = await run_in_threadpool(read_picture, model, body, reader)
         except predict.NoDigitError as error:
             return error_response(422, _sentence(error))
         except predict.PredictError as error:
@@ -335,6 +339,9 @@ def parse_args(argv=None):
     parser.add_argument("--weights", default=predict.DEFAULT_WEIGHTS,
                         help=f"trained weights from mnist_cnn_model.py (default: "
                              f"{predict.DEFAULT_WEIGHTS})")
+    parser.add_argument("--reader", metavar="WEIGHTS",
+                        help=f"the number reader from number_reader.py, which reads digits that "
+                             f"touch (default: {predict.DEFAULT_READER} if it exists)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; only this machine can connect to the default "
                              "(default: 127.0.0.1)")
@@ -356,6 +363,9 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         model = predict.load_model(args.weights)
+        reader = None
+        if args.reader or os.path.exists(predict.DEFAULT_READER):
+            reader = predict.load_reader(args.reader or predict.DEFAULT_READER)
     except predict.PredictError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -371,7 +381,7 @@ def main(argv=None):
     readers = None
     try:
         if args.workers > 1:
-            readers = Readers(model, args.workers)
+            readers = Readers(model, args.workers, reader)
             try:
                 readers.wait_until_ready()
             except BrokenProcessPool:
@@ -379,10 +389,10 @@ def main(argv=None):
                       f"--workers 1.", file=sys.stderr)
                 return 1
         else:
-            warm_up(model)
+            warm_up(model, reader)
         # uvicorn's access log would print a line for every stroke drawn; warnings and errors
         # only.
-        config = uvicorn.Config(create_app(model, readers), log_level="warning",
+        config = uvicorn.Config(create_app(model, readers, reader), log_level="warning",
                                 access_log=False)
         _spare_from_garbage_collection()  # the app's own routes and models included
         print(f"Open {url_of(sock)} in your browser to draw digits (Ctrl-C stops the server).",

@@ -4,7 +4,8 @@ Read the handwritten digits in your own pictures with the CNN trained by mnist_c
     python predict.py                      # reads the image named by image_path below
     python predict.py photo.jpg            # or name files and folders on the command line
     python predict.py digits/ --top-k 3    # every image in a folder, the 3 likeliest digits each
-    python predict.py number.jpg --number  # a whole number: each digit, left to right
+    python predict.py number.jpg --number  # a whole number: each digit, left to right (with
+                                           # number_reader.pt, when trained, for touching digits)
     python predict.py photo.jpg --show     # also write a figure: input, what the model saw, probabilities
 
 From Python:
@@ -14,10 +15,11 @@ From Python:
     digit = predict_user_input(model, "photo.jpg")                 # an int
     digit, probs = predict_with_probabilities(model, "photo.jpg")  # and the 10 probabilities
     number = predict_number(model, "meter.jpg")                    # a str, leading zeros kept
+    number = predict_number(model, "meter.jpg", load_reader())     # digits that touch read far better
     for d in predict_digits(model, "meter.jpg"): print(d.digit, d.box)
 
 Pictures become what MNIST digits look like in preprocess.py, and a number is split into its
-digits in segment.py. Problems are raised as PredictError
+digits in segment.py, helped by the number reader of number_reader.py where it is given. Problems are raised as PredictError
 subclasses with a one-sentence message: WeightsNotFoundError, BadWeightsError, ImageNotFoundError,
 NotAnImageError and NoDigitError (nothing to read: the image is blank or uniform, under 3 pixels
 on a side, or noise rather than handwriting).
@@ -35,14 +37,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD, metadata_path, sha256_of
+from number_reader import NumberReader, batch_lines, decode, log_likelihood
 from preprocess import (ImageNotFoundError, NoDigitError, NotAnImageError,  # noqa: F401
-                        PredictError, open_image, preprocess_image, read_ink, to_mnist)
-from segment import count_digits, split_number
+                        PredictError, open_image, preprocess_image, read_ink, to_line_input, to_mnist)
+from segment import LineReading, count_digits, split_number
 
 # Edit this to point at your own image, then run `python predict.py`.
 image_path = "my_digit.png"
 
 DEFAULT_WEIGHTS = "mnist_cnn.pt"
+DEFAULT_READER = "number_reader.pt"
 # Folders are predicted this many images per forward pass.
 BATCH_SIZE = 256
 
@@ -60,7 +64,21 @@ class BadWeightsError(PredictError, ValueError):
 # Loading the model
 
 def load_model(weights_path=DEFAULT_WEIGHTS, device=None):
-    """A CNN in eval mode with the weights from weights_path, on device (default: the CPU).
+    """A CNN in eval mode with the weights from weights_path, on device (default: the CPU)."""
+    return _load_weights(CNN(), weights_path, device, "the CNN in mnist_cnn_model.py",
+                         "python mnist_cnn_model.py")
+
+
+def load_reader(weights_path=DEFAULT_READER, device=None):
+    """The number reader (number_reader.py) in eval mode with the weights from weights_path, on
+    device (default: the CPU). Pass it to predict_number, predict_digits or read_digits to read
+    digits that touch far better than cutting them apart does."""
+    return _load_weights(NumberReader(), weights_path, device, "the NumberReader in number_reader.py",
+                         "python number_reader.py")
+
+
+def _load_weights(model, weights_path, device, architecture, train_command):
+    """model in eval mode with the state_dict from weights_path, on device, or one sentence why not.
 
     weights_only=True means no pickled code from the file ever runs, and map_location lets a file
     saved on a GPU machine load on a CPU-only one."""
@@ -68,8 +86,7 @@ def load_model(weights_path=DEFAULT_WEIGHTS, device=None):
     weights_path = os.fspath(weights_path)
     if not os.path.exists(weights_path):
         raise WeightsNotFoundError(
-            f"No weights file at {weights_path}: train the model first with "
-            f"`python mnist_cnn_model.py`.")
+            f"No weights file at {weights_path}: train the model first with `{train_command}`.")
     if os.path.isdir(weights_path):
         raise BadWeightsError(f"{weights_path} is a folder, not a weights file.")
     if not os.path.isfile(weights_path):  # a pipe or a device would keep torch.load waiting
@@ -85,18 +102,17 @@ def load_model(weights_path=DEFAULT_WEIGHTS, device=None):
     except Exception as error:  # torch raises many types here (zip, pickle, EOF, magic number)
         raise BadWeightsError(
             f"{weights_path} is not a PyTorch weights file (a state_dict saved by "
-            f"mnist_cnn_model.py) and cannot be loaded.") from error
+            f"{train_command.split()[-1]}) and cannot be loaded.") from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) and v.is_floating_point()
                                               for v in state.values()):
         raise BadWeightsError(f"{weights_path} does not hold a state_dict of floating-point tensors, "
                               f"so it is not weights for this model.")
-    model = CNN()
     try:
         model.load_state_dict(state)
     except RuntimeError as error:  # missing or unexpected keys, or tensors of the wrong shape
         raise BadWeightsError(
-            f"{weights_path} holds weights for a different model architecture than the CNN in "
-            f"mnist_cnn_model.py.") from error
+            f"{weights_path} holds weights for a different model architecture than "
+            f"{architecture}.") from error
     if not all(torch.isfinite(v).all() for v in state.values()):
         raise BadWeightsError(f"{weights_path} holds weights that are not numbers (NaN or "
                               f"infinity), as a training run that diverged leaves; train again.")
@@ -176,26 +192,41 @@ class DigitReading(NamedTuple):
     all_ink: bool = False
 
 
-def predict_digits(model, image_path):
+def predict_digits(model, image_path, reader=None):
     """Each digit written in the picture (a path or a PIL image), left to right, as DigitReading
-    tuples. Touching digits are cut where the model reads the parts most confidently."""
-    return read_digits(model, read_ink(image_path))
+    tuples. Touching digits are cut where the model reads the parts most confidently; with a
+    reader (load_reader), a group of touching digits is also read whole, which reads them better."""
+    return read_digits(model, read_ink(image_path), reader)
 
 
-def read_digits(model, ink):
+def read_digits(model, ink, reader=None):
     """predict_digits for a picture already read by preprocess.read_ink."""
-    digits = split_number(ink, lambda batch: predict_batch(model, batch))
+    read_line = None if reader is None else lambda levels, mask, name: read_row(reader, levels, mask, name)
+    digits = split_number(ink, lambda batch: predict_batch(model, batch), read_line)
     if not digits:
         raise NoDigitError(f"No digit found in {ink.name}: the image is blank or uniform.")
     probs = predict_batch(model, [d.tensor for d in digits])
-    return [DigitReading(int(p.argmax()), p.tolist(), d.box, d.tensor, d.all_ink)
+    probs = [p.tolist() if d.read is None else d.read for d, p in zip(digits, probs)]
+    return [DigitReading(p.index(max(p)), p, d.box, d.tensor, d.all_ink)
             for d, p in zip(digits, probs)]
 
 
-def predict_number(model, image_path):
+@torch.no_grad()
+def read_row(reader, levels, mask, name="the image"):
+    """The number reader's LineReading of the ink in mask: its digits, the ten probabilities of
+    each (the reader's, at the column where it is likeliest, over the digits alone), and the
+    log-likelihood of any other list of digits."""
+    x, columns = batch_lines([to_line_input(levels, mask, name)])
+    log_probs = reader(x.to(next(reader.parameters()).device))[0, :columns[0]].float().cpu()
+    digits, at = decode(log_probs)
+    probabilities = [F.softmax(log_probs[t, :10], 0).tolist() for t in at]
+    return LineReading(digits, probabilities, lambda other: log_likelihood(log_probs, other))
+
+
+def predict_number(model, image_path, reader=None):
     """The number written in the picture as a str of its digits left to right, leading zeros
-    kept ("007")."""
-    return "".join(str(d.digit) for d in predict_digits(model, image_path))
+    kept ("007"). reader: as for predict_digits."""
+    return "".join(str(d.digit) for d in predict_digits(model, image_path, reader))
 
 
 def number_confidence(readings):
@@ -235,9 +266,9 @@ def _read_one(model, path):
         return _bare(error)
 
 
-def _read_number(model, path):
+def _read_number(model, reader, path):
     try:
-        return predict_digits(model, path)
+        return predict_digits(model, path, reader)
     except PredictError as error:
         return _bare(error)
 
@@ -273,6 +304,9 @@ def parse_args(argv=None):
     parser.add_argument("--number", action="store_true",
                         help="read every digit, left to right, as one number (default: off, one "
                              "digit per picture)")
+    parser.add_argument("--reader", metavar="WEIGHTS",
+                        help=f"with --number, the number reader from number_reader.py, which reads "
+                             f"digits that touch (default: {DEFAULT_READER} if it exists)")
     parser.add_argument("--top-k", type=int, default=1, metavar="K",
                         help="print the K likeliest digits with their probabilities (default: 1)")
     parser.add_argument("--show", action="store_true",
@@ -284,6 +318,8 @@ def parse_args(argv=None):
         parser.error(f"--top-k must be between 1 and 10, not {args.top_k}")
     if args.number and args.top_k != 1:
         parser.error("--top-k lists the likeliest single digits; it does not go with --number")
+    if args.reader and not args.number:
+        parser.error("--reader reads whole numbers; use it with --number")
     return args
 
 
@@ -292,9 +328,16 @@ def main(argv=None):
     paths = args.paths or [image_path]
     try:
         model = load_model(args.weights, args.device)
+        reader = None
+        if args.reader or (args.number and os.path.exists(DEFAULT_READER)):
+            reader = load_reader(args.reader or DEFAULT_READER, args.device)
     except PredictError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if args.number and reader is None:
+        print(f"note: no {DEFAULT_READER}, so digits that touch are read by cutting them apart "
+              f"alone; `python number_reader.py` trains the reader, which reads them far better.",
+              file=sys.stderr)
     files = list(image_files(paths))
     if not files:
         print(f"error: no image files in {', '.join(paths)}.", file=sys.stderr)
@@ -317,7 +360,7 @@ def main(argv=None):
         for start in range(0, len(files), BATCH_SIZE):
             batch = files[start:start + BATCH_SIZE]
             if args.number:
-                for path, result in zip(batch, pool.map(lambda p: _read_number(model, p), batch)):
+                for path, result in zip(batch, pool.map(lambda p: _read_number(model, reader, p), batch)):
                     if isinstance(result, PredictError):
                         report(result)
                         continue

@@ -23,27 +23,43 @@ from preprocess import NoDigitError, label_pieces, read_ink, stroke_width, to_mn
 class Digit(NamedTuple):
     """One digit found in a picture: box (x0, y0, x1, y1) in the original picture's pixels,
     x1 and y1 exclusive; tensor, the normalised 1x28x28 the model reads; all_ink, whether it is
-    all the ink in the picture (its tensor is then what preprocess_image makes of the picture)."""
+    all the ink in the picture (its tensor is then what preprocess_image makes of the picture);
+    read, the ten probabilities the number reader gave it where the reader's reading of its
+    group was chosen (None: the model's reading of tensor stands)."""
     box: tuple
     tensor: torch.Tensor
     all_ink: bool = False
+    read: list = None
 
 
-def find_digits(image, classify):
+class LineReading(NamedTuple):
+    """What a number reader makes of a row of ink: digits (ints, left to right), probabilities
+    (ten per digit), and log_likelihood, a function of a list of digits giving log P(those digits
+    | the ink) under the reader."""
+    digits: list
+    probabilities: list
+    log_likelihood: object
+
+
+def find_digits(image, classify, read_line=None):
     """The digits of the number written in the picture, left to right, as Digit tuples.
 
     classify maps a batch of normalised tensors (N x 1 x 28 x 28) to probabilities (N x 10); it
-    chooses where digits that touch are cut. Raises the errors of read_ink."""
-    return split_number(read_ink(image), classify)
+    chooses where digits that touch are cut. read_line, if given, maps the ink of a group of
+    digits (levels, mask, name) to a LineReading (see predict.load_reader). Raises the errors of
+    read_ink."""
+    return split_number(read_ink(image), classify, read_line)
 
 
-def split_number(ink, classify):
+def split_number(ink, classify, read_line=None):
     """The digits in ink (an Ink), left to right.
 
     Handwriting as people write it: pieces of ink one above the other make one digit (see
     digit_groups); a group too wide for one digit is sliced along cheap paths through its ink
     (see _atoms), and the way of joining the slices into digits that reads best is chosen (see
-    _choose_digits), so a wide 0 stays one 0 and two digits that touch become two."""
+    _choose_digits), so a wide 0 stays one 0 and two digits that touch become two. With a number
+    reader, a group too wide for one digit is also read whole, and its reading taken where it is
+    clearly the likelier one (see _prefer_reader)."""
     groups = digit_groups(ink)
     if not groups:
         return []
@@ -52,12 +68,17 @@ def split_number(ink, classify):
     # A digit's mask is part of the ink's, so it is all the ink when it has as many pixels.
     ink_pixels = np.count_nonzero(ink.mask)
     for group in groups:
-        for box, part, tensor in _choose_digits(ink, group, _atoms(ink, group, line), line, classify):
+        atoms = _atoms(ink, group, line)
+        chosen = _choose_digits(ink, group, atoms, line, classify)
+        read = [None] * len(chosen)
+        if read_line is not None and len(atoms) > 1:
+            chosen, read = _prefer_reader(ink, group, atoms, line, classify, chosen, read_line)
+        for (box, part, tensor), probabilities in zip(chosen, read):
             if tensor is None:
                 tensor = to_mnist(ink.levels[box], part, ink.name)
             all_ink = bool(np.count_nonzero(part) == ink_pixels)
             digits.append((float(group.sheared[box][part].mean()),
-                           Digit(_original_box(box, ink.scale), tensor, all_ink)))
+                           Digit(_original_box(box, ink.scale), tensor, all_ink, probabilities)))
     digits.sort(key=lambda d: d[0])
     return [digit for _, digit in digits]
 
@@ -323,14 +344,15 @@ def _logit_margin(probs):
     return float(np.log(first) - np.log(second)) if second > 0 else np.inf
 
 
-def _choose_digits(ink, group, atoms, line, classify):
+def _choose_digits(ink, group, atoms, line, classify, count=None):
     """(box, mask within box, input tensor or None) of each digit in a group: the run of
     consecutive slices joined into each digit that makes the likeliest reading (dynamic
     programming over the slices), each digit scored by the model's probabilities for it, how
     likely its shape is, how far ahead of the runner-up its reading is, and the ink its cut
-    crosses."""
+    crosses. With count, the likeliest reading of exactly count digits, or None if the slices
+    cannot make that many."""
     if len(atoms) == 1:
-        return [(group.box, group.mask, None)]
+        return [(group.box, group.mask, None)] if count in (None, 1) else None
     top, left = group.box[0].start, group.box[1].start
     candidates, tensors = [], []
     for i in range(len(atoms)):
@@ -350,17 +372,53 @@ def _choose_digits(ink, group, atoms, line, classify):
             digit = (box, sub[rows, cols].copy(), tensors[-1])
             candidates.append((i, j + 1, digit, width / line, height, atoms[i][3]))
     probs = classify(torch.stack(tensors)).double().numpy() if tensors else []
-    best = {0: (0.0, [])}
+    # best[(j, n)]: the best way to read slices 0..j-1 as n digits (n is always 0 without count).
+    best = {(0, 0): (0.0, [])}
     for (i, j, digit, width, height, cut), p in sorted(zip(candidates, probs), key=lambda c: c[0][:2]):
-        if i not in best:
-            continue
-        score = (best[i][0] + CONFIDENCE_WEIGHT * np.log(p.max()) + _log_shape_prior(p, width, height)
+        score = (CONFIDENCE_WEIGHT * np.log(p.max()) + _log_shape_prior(p, width, height)
                  - MARGIN_COST * max(0.0, FULL_MARGIN - _logit_margin(p)) - CUT_COST * cut)
-        if j not in best or score > best[j][0]:
-            best[j] = (score, best[i][1] + [digit])
-    if len(atoms) not in best:  # every way across had a sliver too faint to read: keep it whole
-        return [(group.box, group.mask, None)]
-    return best[len(atoms)][1]
+        for n in range(count or 1):
+            if (i, n) not in best:
+                continue
+            key = (j, n + 1 if count else 0)
+            total = best[(i, n)][0] + score
+            if key not in best or total > best[key][0]:
+                best[key] = (total, best[(i, n)][1] + [digit])
+    end = (len(atoms), count or 0)
+    if end not in best:  # every way across had a sliver too faint to read: keep it whole
+        return [(group.box, group.mask, None)] if count in (None, 1) else None
+    return best[end][1]
+
+
+# The number reader's reading of a group replaces the cut-apart one only where it is this much
+# likelier under the reader (log-likelihood: e^2, about 7 times). Even a reader that reads rows
+# of touching digits far better than cutting does reads a single digit less well than the CNN,
+# so a near tie goes to the cuts.
+READER_MARGIN = 2.0
+
+
+def _prefer_reader(ink, group, atoms, line, classify, chosen, read_line):
+    """(digits as _choose_digits gives them, the reader's probabilities for each or None): the
+    reader's reading of a group too wide for one digit where it disagrees with the cuts' and is
+    READER_MARGIN likelier under the reader, the cuts' otherwise. Where a single digit is all
+    either sees, the CNN's reading stands: on one digit it is the better reader. The reader's
+    digits get the boxes of the likeliest cuts into that many digits."""
+    keep = (chosen, [None] * len(chosen))
+    try:
+        reading = read_line(ink.levels[group.box], group.mask, ink.name)
+    except NoDigitError:
+        return keep
+    tensors = [tensor if tensor is not None else to_mnist(ink.levels[box], part, ink.name)
+               for box, part, tensor in chosen]
+    cut_digits = [int(p.argmax()) for p in classify(torch.stack(tensors))]
+    if (not reading.digits or reading.digits == cut_digits or len(reading.digits) == len(cut_digits) == 1
+            or reading.log_likelihood(reading.digits) - reading.log_likelihood(cut_digits) <= READER_MARGIN):
+        return keep
+    if len(reading.digits) != len(chosen):
+        chosen = _choose_digits(ink, group, atoms, line, classify, count=len(reading.digits))
+        if chosen is None:  # the slices cannot make that many digits: nowhere to put them
+            return keep
+    return chosen, reading.probabilities
 
 
 def _original_box(box, scale):

@@ -43,3 +43,17 @@ def as_mnist_photo(digit28, scale, offset, canvas=(400, 320)):
     img = Image.new("L", canvas, 255)
     img.paste(big, offset)
     return img
+
+
+def touching_number(images, picks, height=84):
+    """MNIST test digits dark on light paper, each placed 0.48 of the height after the one
+    before: less than their ink is wide (MNIST's digits mostly span 12-20 of 28 columns), so
+    their strokes touch."""
+    tiles = [np.asarray(Image.fromarray(images[i]).resize((height, height), Image.Resampling.BICUBIC))
+             for i in picks]
+    step = int(0.48 * height)
+    paper = np.zeros((2 * height, len(tiles) * step + height + 40), np.uint8)
+    for k, tile in enumerate(tiles):
+        region = paper[height // 2:height // 2 + height, 20 + k * step:20 + k * step + height]
+        np.maximum(region, tile, out=region)
+    return Image.fromarray(255 - paper)

@@ -241,7 +241,7 @@ def test_bodies_over_10_mb_are_413_announced_or_chunked(client):
 
 def test_an_unexpected_failure_is_500_logged_and_the_server_keeps_serving(client, monkeypatch,
                                                                           caplog):
-    def broken(model, image):
+    def broken(model, image, reader=None):
         raise RuntimeError("a bug")
     monkeypatch.setattr(predict, "read_digits", broken)
     assert_one_sentence(post(client, canvas_png("7")), 500, "failed")
@@ -254,13 +254,13 @@ def test_prediction_runs_off_the_event_loop(client, monkeypatch):
     threads = []
     real = predict.read_digits
 
-    def recording(model, image):
+    def recording(model, image, reader=None):
         try:
             asyncio.get_running_loop()
             threads.append("event loop")
         except RuntimeError:  # no loop runs in this thread: a worker thread
             threads.append("worker")
-        return real(model, image)
+        return real(model, image, reader)
     monkeypatch.setattr(predict, "read_digits", recording)
     assert post(client, canvas_png("7")).status_code == 200
     assert threads == ["worker"]

@@ -18,7 +18,7 @@ from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD
 from preprocess import read_ink
 from segment import digit_groups
 
-from drawing import as_mnist_photo, draw_seven, save
+from drawing import as_mnist_photo, draw_seven, save, touching_number
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -258,20 +258,6 @@ def mnist_number(images, picks, height=84, gap=40, slant=0.0):
     return img
 
 
-def touching_number(images, picks, height=84):
-    """MNIST test digits dark on light paper, each placed 0.48 of the height after the one
-    before: less than their ink is wide (MNIST's digits mostly span 12-20 of 28 columns), so
-    their strokes touch."""
-    tiles = [np.asarray(Image.fromarray(images[i]).resize((height, height), Image.Resampling.BICUBIC))
-             for i in picks]
-    step = int(0.48 * height)
-    paper = np.zeros((2 * height, len(tiles) * step + height + 40), np.uint8)
-    for k, tile in enumerate(tiles):
-        region = paper[height // 2:height // 2 + height, 20 + k * step:20 + k * step + height]
-        np.maximum(region, tile, out=region)
-    return Image.fromarray(255 - paper)
-
-
 @pytest.mark.parametrize("slant", [0.0, -0.25])
 def test_a_number_reads_as_its_digits_do_one_by_one(small_model, tmp_path, mnist_test, slant):
     """Each digit of a number is found, in order, and read as the model reads that digit in a
@@ -298,7 +284,8 @@ def test_cli_reads_a_number_and_says_when_a_picture_holds_several_digits(small_m
                                                                         tmp_path, mnist_test):
     images, _ = mnist_test
     path = save(mnist_number(images, [0, 1, 2]), tmp_path / "number.png")
-    result = run_cli(path, "--weights", small_model_weights, "--number")
+    # (In tmp_path, where no number_reader.pt is: predict_number below reads without one.)
+    result = run_cli(path, "--weights", small_model_weights, "--number", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     model = predict.load_model(small_model_weights)
     number = predict.predict_number(model, path)
