@@ -4,6 +4,7 @@ How well does predict.py read whole handwritten numbers?
     python benchmarks/bench_numbers.py --weights mnist_cnn.pt        # 200 numbers per kind, ~2 min
     python benchmarks/bench_numbers.py --per-kind 50                 # quicker
     python benchmarks/bench_numbers.py --keep number_images          # keep the pictures to look at
+    python benchmarks/bench_numbers.py --reader number_reader.pt     # also with the number reader
 
 Builds numbers from MNIST *test* digits only, deterministically from --seed, writes them to files
 and reads them with predict_number. Each digit is drawn with the pen of bench_predict.py (its own
@@ -18,7 +19,9 @@ stroke widths, enlarged with sharp edges). Kinds:
   canvas   2-5 digits drawn on a transparent canvas (a drawing app's or a web page's export),
            black, white or coloured strokes
 Reports whole-number accuracy (every digit right and no digit missing or extra) and per-digit
-accuracy (1 - edit distance / number of digits, so a missed or extra digit counts as an error).
+accuracy (1 - edit distance / number of digits, so a missed or extra digit counts as an error),
+by cutting alone and, where the number reader (number_reader.py) is there, with it, side by side
+on the same pictures.
 """
 import argparse
 import io
@@ -124,10 +127,10 @@ def make_number(kind, digits28, rng):
     return finish_photo(rgb, rng), ".jpg"
 
 
-def read_number(model, path):
+def read_number(model, path, reader=None):
     """What predict_number reads in the picture; "" when it finds nothing (a miss, not a stop)."""
     try:
-        return predict.predict_number(model, path)
+        return predict.predict_number(model, path, reader)
     except predict.PredictError:
         return ""
 
@@ -147,6 +150,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=os.path.join(REPO, "mnist_cnn.pt"),
                         help="weights to measure (default: mnist_cnn.pt)")
+    parser.add_argument("--reader", help="the number reader to measure beside cutting alone "
+                        "(default: number_reader.pt if it exists)")
     parser.add_argument("--per-kind", type=int, default=200, help="numbers per kind (default: 200)")
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds to run")
     parser.add_argument("--seed", type=int, default=0, help="picks the digits and their layout (default: 0)")
@@ -163,11 +168,15 @@ def main(argv=None):
             parser.error(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
     try:
         model = predict.load_model(args.weights)
+        default_reader = os.path.join(REPO, predict.DEFAULT_READER)
+        reader_path = args.reader or (default_reader if os.path.exists(default_reader) else None)
+        reader = predict.load_reader(reader_path) if reader_path else None
     except predict.PredictError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     images, labels = load_mnist_test(args.data_dir)
 
+    ways = [("cutting alone", None)] + ([("with the reader", reader)] if reader is not None else [])
     tmp = None if args.keep else tempfile.TemporaryDirectory()
     root = args.keep or tmp.name
     rows = []
@@ -176,8 +185,8 @@ def main(argv=None):
             folder = os.path.join(root, kind)
             os.makedirs(folder, exist_ok=True)
             low, high = {"spaced": (3, 7), "tight": (4, 6), "canvas": (2, 5)}[kind]
-            whole = right = digits_total = 0
-            seconds = 0.0
+            whole, right, seconds = [0] * len(ways), [0] * len(ways), [0.0] * len(ways)
+            digits_total = 0
             for n in range(args.per_kind):
                 rng = np.random.default_rng([args.seed, KINDS.index(kind), n])
                 picked = rng.choice(len(images), size=int(rng.integers(low, high + 1)), replace=False)
@@ -186,29 +195,32 @@ def main(argv=None):
                 path = os.path.join(folder, f"{n:04d}_{truth}{ext}")
                 with open(path, "wb") as f:
                     f.write(data)
-                t0 = time.perf_counter()
-                read = read_number(model, path)
-                seconds += time.perf_counter() - t0
-                whole += read == truth
-                right += digits_right(read, truth)
                 digits_total += len(truth)
-                if read != truth and args.keep:
-                    print(f"  {os.path.basename(path)}: read {read}", file=sys.stderr)
-            rows.append((kind, 100 * whole / args.per_kind, 100 * right / digits_total,
-                         1000 * seconds / args.per_kind))
-            print(f"{kind}: whole numbers {rows[-1][1]:.1f}%, digits {rows[-1][2]:.1f}%, "
-                  f"{rows[-1][3]:.0f} ms a picture", file=sys.stderr, flush=True)
+                for w, (way, way_reader) in enumerate(ways):
+                    t0 = time.perf_counter()
+                    read = read_number(model, path, way_reader)
+                    seconds[w] += time.perf_counter() - t0
+                    whole[w] += read == truth
+                    right[w] += digits_right(read, truth)
+                    if read != truth and args.keep:
+                        print(f"  {os.path.basename(path)} ({way}): read {read}", file=sys.stderr)
+            for w, (way, _) in enumerate(ways):
+                rows.append((kind, way, 100 * whole[w] / args.per_kind, 100 * right[w] / digits_total,
+                             1000 * seconds[w] / args.per_kind))
+                print(f"{kind}, {way}: whole numbers {rows[-1][2]:.1f}%, digits {rows[-1][3]:.1f}%, "
+                      f"{rows[-1][4]:.0f} ms a picture", file=sys.stderr, flush=True)
     finally:
         if tmp:
             tmp.cleanup()
 
     print(f"\n{args.per_kind} numbers per kind from the MNIST test set, seed {args.seed}, weights "
-          f"{os.path.relpath(args.weights)}; {platform.machine()} CPU, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}\n")
-    print("| kind | whole number | per digit | ms a picture |")
-    print("|---|---:|---:|---:|")
-    for kind, whole, per_digit, ms in rows:
-        print(f"| {kind} | {whole:.1f}% | {per_digit:.1f}% | {ms:.0f} |")
+          f"{os.path.relpath(args.weights)}"
+          f"{f', number reader {os.path.relpath(reader_path)}' if reader is not None else ''}; "
+          f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}\n")
+    print("| kind | read | whole number | per digit | ms a picture |")
+    print("|---|---|---:|---:|---:|")
+    for kind, way, whole, per_digit, ms in rows:
+        print(f"| {kind} | {way} | {whole:.1f}% | {per_digit:.1f}% | {ms:.0f} |")
     return 0
 
 

@@ -14,7 +14,9 @@ the edges (as a tightly cropped photo gives). Prints a markdown table.
 
 --numbers N writes N numbers of each kind from these digits, 3-5 digits each, and reads them with
 predict_number: *spaced*, gaps of 5-60% of the digit height; *touching*, strokes crossing by up
-to 6% of the height or standing up to 3% apart, row by row, as bench_numbers.py's tight kind.
+to 6% of the height or standing up to 3% apart, row by row, as bench_numbers.py's tight kind;
+by cutting alone and, where the number reader is there (--reader, default number_reader.pt if it
+exists), with it too, on the same pictures.
 """
 import argparse
 import os
@@ -69,29 +71,34 @@ def number_scan(grids, rng, touching):
     return Image.fromarray(np.round(255 * (1 - 0.9 * ink)).astype(np.uint8))
 
 
-def read_numbers(model, images, labels, count, seed, root, root_kept=False):
-    """(kind, whole-number accuracy, per-digit accuracy) for count numbers of each kind."""
+def read_numbers(model, images, labels, count, seed, root, root_kept=False, reader=None):
+    """(kind, how read, whole-number accuracy, per-digit accuracy) for count numbers of each kind,
+    by cutting alone and, given a number reader, with it."""
     from bench_numbers import digits_right, read_number
+    ways = [("cutting alone", None)] + ([("with the reader", reader)] if reader is not None else [])
     rows = []
     for k, kind in enumerate(("spaced", "touching")):
         folder = os.path.join(root, kind)
         os.makedirs(folder, exist_ok=True)
-        whole = right = digits_total = 0
+        whole, right = [0] * len(ways), [0] * len(ways)
+        digits_total = 0
         for n in range(count):
             rng = np.random.default_rng([seed, k, n])
             picked = rng.choice(len(images), size=int(rng.integers(3, 6)), replace=False)
             truth = "".join(str(labels[i]) for i in picked)
             path = os.path.join(folder, f"{n:04d}_{truth}.png")
             number_scan([images[i] for i in picked], rng, kind == "touching").save(path)
-            read = read_number(model, path)
-            whole += read == truth
-            right += digits_right(read, truth)
             digits_total += len(truth)
-            if read != truth and root_kept:
-                print(f"  {os.path.basename(path)}: read {read}", file=sys.stderr)
-        rows.append((kind, 100 * whole / count, 100 * right / digits_total))
-        print(f"{kind}: whole numbers {rows[-1][1]:.1f}%, digits {rows[-1][2]:.1f}%",
-              file=sys.stderr, flush=True)
+            for w, (way, way_reader) in enumerate(ways):
+                read = read_number(model, path, way_reader)
+                whole[w] += read == truth
+                right[w] += digits_right(read, truth)
+                if read != truth and root_kept:
+                    print(f"  {os.path.basename(path)} ({way}): read {read}", file=sys.stderr)
+        for w, (way, _) in enumerate(ways):
+            rows.append((f"{kind} | {way}", 100 * whole[w] / count, 100 * right[w] / digits_total))
+            print(f"{kind}, {way}: whole numbers {rows[-1][1]:.1f}%, digits {rows[-1][2]:.1f}%",
+                  file=sys.stderr, flush=True)
     return rows
 
 
@@ -133,6 +140,8 @@ def main(argv=None):
                         help="write the pictures here and keep them (default: a temporary folder)")
     parser.add_argument("--numbers", type=int, metavar="N",
                         help="read N numbers of each kind instead of single digits (default: off)")
+    parser.add_argument("--reader", help="with --numbers, the number reader to measure beside "
+                        "cutting alone (default: number_reader.pt if it exists)")
     parser.add_argument("--seed", type=int, default=0,
                         help="picks the digits and layout of --numbers (default: 0)")
     args = parser.parse_args(argv)
@@ -144,6 +153,9 @@ def main(argv=None):
         parser.error("--seed must not be negative")
     try:
         model = predict.load_model(args.weights)
+        default_reader = os.path.join(REPO, predict.DEFAULT_READER)
+        reader_path = args.reader or (default_reader if os.path.exists(default_reader) else None)
+        reader = predict.load_reader(reader_path) if reader_path and args.numbers else None
     except predict.PredictError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -154,7 +166,7 @@ def main(argv=None):
     root = args.keep or tmp.name
     try:
         if args.numbers:
-            rows = read_numbers(model, images, labels, args.numbers, args.seed, root, bool(args.keep))
+            rows = read_numbers(model, images, labels, args.numbers, args.seed, root, bool(args.keep), reader)
         else:
             rows = read_digits(model, images, labels, root)
     finally:
@@ -163,10 +175,12 @@ def main(argv=None):
 
     what = (f"{args.numbers} numbers of each kind from {len(labels)} optdigits digits, seed {args.seed}"
             if args.numbers else f"{len(labels)} optdigits digits")
+    if reader is not None:
+        what += f", number reader {os.path.relpath(reader_path)}"
     print(f"\n{what} (30 writers), weights {os.path.relpath(args.weights)}; "
           f"{platform.machine()} CPU, torch {torch.__version__}\n")
     if args.numbers:
-        print("| kind | whole number | per digit |\n|---|---:|---:|")
+        print("| kind | read | whole number | per digit |\n|---|---|---:|---:|")
     else:
         print("| picture | predict.py |\n|---|---:|")
     for row in rows:
