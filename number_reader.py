@@ -2,7 +2,7 @@
 Train the number reader: a small network that reads a whole row of handwritten digits at once,
 for digits written so close that their strokes touch, which cutting them apart reads poorly.
 
-    python number_reader.py                 # about 8 minutes on 2 CPU cores; saves number_reader.pt
+    python number_reader.py                 # 9-10 minutes on 2 CPU cores; saves number_reader.pt
     python number_reader.py --numbers 20000 --epochs 4   # quicker, reads touching digits less well
 
 predict.py and app.py use number_reader.pt when it is there (python predict.py photo.jpg --number).

@@ -19,10 +19,10 @@ From Python:
     for d in predict_digits(model, "meter.jpg"): print(d.digit, d.box)
 
 Pictures become what MNIST digits look like in preprocess.py, and a number is split into its
-digits in segment.py, helped by the number reader of number_reader.py where it is given. Problems are raised as PredictError
-subclasses with a one-sentence message: WeightsNotFoundError, BadWeightsError, ImageNotFoundError,
-NotAnImageError and NoDigitError (nothing to read: the image is blank or uniform, under 3 pixels
-on a side, or noise rather than handwriting).
+digits in segment.py, helped by the number reader of number_reader.py where it is given.
+Problems are raised as PredictError subclasses with a one-sentence message: WeightsNotFoundError,
+BadWeightsError, ImageNotFoundError, NotAnImageError and NoDigitError (nothing to read: the image
+is blank or uniform, under 3 pixels on a side, or noise rather than handwriting).
 """
 import argparse
 import json
