@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from mnist_cnn_model import (DataError, StopRequest, atomic_save, autocast, keep_freed_memory, native_bf16,
                              pick_device, prepare_mnist, read_idx)
-from preprocess import LINE_HEIGHT, fit_line
+from preprocess import LINE_HEIGHT, LINE_PAD, fit_line
 
 DEFAULT_WEIGHTS = "number_reader.pt"
 BLANK = 10  # CTC's "no digit in this column" class, after the ten digits
@@ -73,7 +73,7 @@ def batch_lines(lines):
     number of columns of each line)."""
     width = max(line.shape[1] for line in lines)
     width += width % 2
-    batch = torch.zeros(len(lines), 1, 28, width)
+    batch = torch.zeros(len(lines), 1, LINE_HEIGHT + 2 * LINE_PAD, width)
     for i, line in enumerate(lines):
         batch[i, 0, :, :line.shape[1]] = torch.from_numpy(np.asarray(line, np.float32))
     return batch, torch.tensor([line.shape[1] // 2 for line in lines])
@@ -186,7 +186,9 @@ def synthetic_numbers(images, labels, count, seed):
 
 
 CHUNK = 2000
-_digits = None  # each worker process's copy of the MNIST digits, set once by _share
+# Each worker process's copy of the MNIST digits, set once by _share when it starts: passed with
+# every chunk instead, the 47 MB of training images would be pickled 40 times.
+_digits = None
 
 
 def _share(images, labels):

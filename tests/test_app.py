@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
@@ -271,9 +272,11 @@ def test_prediction_runs_off_the_event_loop(client, monkeypatch):
 
 def start_server(weights, *args):
     """app.py on a free loopback port (--port 0); returns the process and its address."""
+    # Started beside the weights, where no number_reader.pt is (one in the repository, which git
+    # ignores, would be loaded and change what a developer's run tests).
     process = subprocess.Popen([sys.executable, os.path.join(REPO, "app.py"), "--weights", weights,
                                 "--port", "0", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=REPO)
+                               stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(weights))
     line = process.stdout.readline()  # the address line; empty if it failed to start
     if "http://" not in line:
         process.kill()
@@ -376,6 +379,21 @@ def test_two_readers_share_the_pictures_and_ctrl_c_stops_them_all(reader_weights
         code, err = stop_server(process)
     assert code == 0 and "Traceback" not in err, err
     assert_gone(readers + list(others))
+
+
+def test_reader_processes_get_the_number_reader_too(reader_weights, tmp_path):
+    """The number reader travels to the reader processes with the CNN (pickled) and reads there:
+    an untrained one reads nonsense, but a picture of touching digits is answered."""
+    from number_reader import NumberReader
+    torch.manual_seed(0)
+    torch.save(NumberReader().state_dict(), tmp_path / "reader.pt")
+    process, url = start_server(reader_weights, "--workers", "2", "--reader", tmp_path / "reader.pt")
+    try:
+        answers = post_in_parallel(url, [canvas_png("42"), canvas_png("7")] * 2)
+        assert all(a.status_code == 200 and a.json()["number"].isdigit() for a in answers)
+    finally:
+        code, err = stop_server(process)
+    assert code == 0 and "Traceback" not in err, err
 
 
 @needs_proc
