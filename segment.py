@@ -69,11 +69,12 @@ def split_number(ink, classify, read_line=None):
     ink_pixels = np.count_nonzero(ink.mask)
     for group in groups:
         atoms = _atoms(ink, group, line)
-        chosen = _choose_digits(ink, group, atoms, line, classify)
+        candidates = _candidates(ink, group, atoms, line, classify)
+        chosen = _choose_digits(group, len(atoms), candidates)
         read = [None] * len(chosen)
         if read_line is not None and len(atoms) > 1:
-            chosen, read = _prefer_reader(ink, group, atoms, line, classify, chosen, read_line)
-        for (box, part, tensor), probabilities in zip(chosen, read):
+            chosen, read = _prefer_reader(ink, group, len(atoms), candidates, chosen, classify, read_line)
+        for (box, part, tensor, _), probabilities in zip(chosen, read):
             if tensor is None:
                 tensor = to_mnist(ink.levels[box], part, ink.name)
             all_ink = bool(np.count_nonzero(part) == ink_pixels)
@@ -344,15 +345,13 @@ def _logit_margin(probs):
     return float(np.log(first) - np.log(second)) if second > 0 else np.inf
 
 
-def _choose_digits(ink, group, atoms, line, classify, count=None):
-    """(box, mask within box, input tensor or None) of each digit in a group: the run of
-    consecutive slices joined into each digit that makes the likeliest reading (dynamic
-    programming over the slices), each digit scored by the model's probabilities for it, how
-    likely its shape is, how far ahead of the runner-up its reading is, and the ink its cut
-    crosses. With count, the likeliest reading of exactly count digits, or None if the slices
-    cannot make that many."""
+def _candidates(ink, group, atoms, line, classify):
+    """Every run of consecutive slices that may be one digit, read by the model in one batch, in
+    order of its first slice: (first slice, slice after the last, (box, mask within box, input
+    tensor), width and height in line heights, ink its cut crosses, probabilities); none for a
+    group of one slice, which is one digit."""
     if len(atoms) == 1:
-        return [(group.box, group.mask, None)] if count in (None, 1) else None
+        return []
     top, left = group.box[0].start, group.box[1].start
     candidates, tensors = [], []
     for i in range(len(atoms)):
@@ -372,9 +371,22 @@ def _choose_digits(ink, group, atoms, line, classify, count=None):
             digit = (box, sub[rows, cols].copy(), tensors[-1])
             candidates.append((i, j + 1, digit, width / line, height, atoms[i][3]))
     probs = classify(torch.stack(tensors)).double().numpy() if tensors else []
+    return [c + (p,) for c, p in zip(candidates, probs)]
+
+
+def _choose_digits(group, slices, candidates, count=None):
+    """(box, mask within box, input tensor or None, probabilities or None) of each digit in a
+    group of `slices` slices: the candidates (see _candidates) joined into the likeliest reading
+    (dynamic programming over the slices), each digit scored by the model's probabilities for
+    it, how likely its shape is, how far ahead of the runner-up its reading is, and the ink its
+    cut crosses. With count, the likeliest reading of exactly count digits, or None if the slices
+    cannot make that many."""
+    whole = [(group.box, group.mask, None, None)] if count in (None, 1) else None
+    if slices == 1:
+        return whole
     # best[(j, n)]: the best way to read slices 0..j-1 as n digits (n is always 0 without count).
     best = {(0, 0): (0.0, [])}
-    for (i, j, digit, width, height, cut), p in sorted(zip(candidates, probs), key=lambda c: c[0][:2]):
+    for i, j, digit, width, height, cut, p in candidates:
         score = (CONFIDENCE_WEIGHT * np.log(p.max()) + _log_shape_prior(p, width, height)
                  - MARGIN_COST * max(0.0, FULL_MARGIN - _logit_margin(p)) - CUT_COST * cut)
         for n in range(count or 1):
@@ -383,10 +395,10 @@ def _choose_digits(ink, group, atoms, line, classify, count=None):
             key = (j, n + 1 if count else 0)
             total = best[(i, n)][0] + score
             if key not in best or total > best[key][0]:
-                best[key] = (total, best[(i, n)][1] + [digit])
-    end = (len(atoms), count or 0)
+                best[key] = (total, best[(i, n)][1] + [digit + (p,)])
+    end = (slices, count or 0)
     if end not in best:  # every way across had a sliver too faint to read: keep it whole
-        return [(group.box, group.mask, None)] if count in (None, 1) else None
+        return whole
     return best[end][1]
 
 
@@ -397,7 +409,7 @@ def _choose_digits(ink, group, atoms, line, classify, count=None):
 READER_MARGIN = 2.0
 
 
-def _prefer_reader(ink, group, atoms, line, classify, chosen, read_line):
+def _prefer_reader(ink, group, slices, candidates, chosen, classify, read_line):
     """(digits as _choose_digits gives them, the reader's probabilities for each or None): the
     reader's reading of a group too wide for one digit where it disagrees with the cuts' and is
     READER_MARGIN likelier under the reader, the cuts' otherwise. Where a single digit is all
@@ -408,14 +420,15 @@ def _prefer_reader(ink, group, atoms, line, classify, chosen, read_line):
         reading = read_line(ink.levels[group.box], group.mask, ink.name)
     except NoDigitError:
         return keep
-    tensors = [tensor if tensor is not None else to_mnist(ink.levels[box], part, ink.name)
-               for box, part, tensor in chosen]
-    cut_digits = [int(p.argmax()) for p in classify(torch.stack(tensors))]
+    # The cuts' digits were read with the candidates; only a group kept whole is read here.
+    cut_digits = [int(p.argmax()) if p is not None
+                  else int(classify(to_mnist(ink.levels[box], part, ink.name)[None])[0].argmax())
+                  for box, part, _, p in chosen]
     if (not reading.digits or reading.digits == cut_digits or len(reading.digits) == len(cut_digits) == 1
             or reading.log_likelihood(reading.digits) - reading.log_likelihood(cut_digits) <= READER_MARGIN):
         return keep
     if len(reading.digits) != len(chosen):
-        chosen = _choose_digits(ink, group, atoms, line, classify, count=len(reading.digits))
+        chosen = _choose_digits(group, slices, candidates, count=len(reading.digits))
         if chosen is None:  # the slices cannot make that many digits: nowhere to put them
             return keep
     return chosen, reading.probabilities
