@@ -45,8 +45,9 @@ from PIL import Image, ImageDraw
 from starlette.requests import ClientDisconnect
 
 import predict
-import preprocess
-from mnist_cnn_model import MNIST_MEAN, MNIST_STD
+from reading.digit_input import MNIST_MEAN, MNIST_STD, to_mnist
+from reading.images import open_file
+from reading.ink import read_ink
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.html")
 # A phone photo is a few MB; ten is plenty and bounds the memory one request can take.
@@ -72,7 +73,7 @@ def open_upload(data):
     if data.startswith(b"--") and b"content-disposition" in data[:1024].lower():
         raise predict.NotAnImageError("The request body is a form upload: send the image file's own "
                                       "bytes as the body (curl --data-binary @digit.png).")
-    return preprocess.open_file(io.BytesIO(data), "The request body")
+    return open_file(io.BytesIO(data), "The request body")
 
 
 async def _body(request):
@@ -98,7 +99,7 @@ def read_picture(model, data, reader=None):
     pictures."""
     # The ink is found once and read both ways, just as predict_digits (the number) and
     # preprocess_image (the whole picture as one digit) each read it on their own.
-    ink = preprocess.read_ink(open_upload(data))
+    ink = read_ink(open_upload(data))
     try:
         readings, failure = predict.read_digits(model, ink, reader), None
     except predict.NoDigitError as error:
@@ -109,7 +110,7 @@ def read_picture(model, data, reader=None):
         digit, probabilities = readings[0].digit, readings[0].probabilities
     else:
         # (When both readings fail, the sentence given is this one's, as when it came first.)
-        whole = predict.predict_batch(model, [preprocess.to_mnist(ink.levels, ink.mask,
+        whole = predict.predict_batch(model, [to_mnist(ink.levels, ink.mask,
                                                                   ink.name)])[0]
         digit, probabilities = int(whole.argmax()), whole.tolist()
     if failure is not None:

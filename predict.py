@@ -25,147 +25,40 @@ BadWeightsError, ImageNotFoundError, NotAnImageError and NoDigitError (nothing t
 is blank or uniform, under 3 pixels on a side, or noise rather than handwriting).
 """
 import argparse
-import json
 import os
 import sys
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD, metadata_path, sha256_of
-from number_reader import NumberReader, batch_lines, decode, log_likelihood
-from preprocess import (ImageNotFoundError, NoDigitError, NotAnImageError,  # noqa: F401
-                        PredictError, open_image, preprocess_image, read_ink, to_line_input, to_mnist)
-from segment import LineReading, count_digits, split_number
+from reading.digit_input import preprocess_image, to_mnist
+from reading.errors import (  # noqa: F401
+    BadWeightsError,
+    ImageNotFoundError,
+    NoDigitError,
+    NotAnImageError,
+    PredictError,
+    WeightsNotFoundError,
+)
+from reading.figures import has_display, number_confidence, pyplot, show_number, show_prediction
+from reading.ink import read_ink
+from reading.models import (  # noqa: F401
+    DEFAULT_READER,
+    DEFAULT_WEIGHTS,
+    load_model,
+    load_reader,
+    predict_batch,
+    read_row,
+)
+from reading.segment import count_digits, split_number
 
 # Edit this to point at your own image, then run `python predict.py`.
 image_path = "my_digit.png"
 
-DEFAULT_WEIGHTS = "mnist_cnn.pt"
-DEFAULT_READER = "number_reader.pt"
 # Folders are predicted this many images per forward pass.
 BATCH_SIZE = 256
-
-
-class WeightsNotFoundError(PredictError, FileNotFoundError):
-    """The weights file does not exist (the model has not been trained yet)."""
-
-
-class BadWeightsError(PredictError, ValueError):
-    """The file is not a PyTorch weights file, holds weights of another architecture, or holds
-    values that are not numbers (NaN or infinity)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading the model
-
-def load_model(weights_path=DEFAULT_WEIGHTS, device=None):
-    """A CNN in eval mode with the weights from weights_path, on device (default: the CPU)."""
-    return _load_weights(CNN(), weights_path, device, "the CNN in mnist_cnn_model.py",
-                         "python mnist_cnn_model.py")
-
-
-def load_reader(weights_path=DEFAULT_READER, device=None):
-    """The number reader (number_reader.py) in eval mode with the weights from weights_path, on
-    device (default: the CPU). Pass it to predict_number, predict_digits or read_digits to read
-    digits that touch far better than cutting them apart does."""
-    return _load_weights(NumberReader(), weights_path, device, "the NumberReader in number_reader.py",
-                         "python number_reader.py")
-
-
-def _load_weights(model, weights_path, device, architecture, train_command):
-    """model in eval mode with the state_dict from weights_path, on device, or one sentence why not.
-
-    weights_only=True means no pickled code from the file ever runs, and map_location lets a file
-    saved on a GPU machine load on a CPU-only one."""
-    device = _resolve_device(device)
-    weights_path = os.fspath(weights_path)
-    if not os.path.exists(weights_path):
-        raise WeightsNotFoundError(
-            f"No weights file at {weights_path}: train the model first with `{train_command}`.")
-    if os.path.isdir(weights_path):
-        raise BadWeightsError(f"{weights_path} is a folder, not a weights file.")
-    if not os.path.isfile(weights_path):  # a pipe or a device would keep torch.load waiting
-        raise BadWeightsError(f"{weights_path} is not a regular file, so not a weights file.")
-    _check_recorded_checksum(weights_path)
-    try:
-        # torch warns before it refuses a file it will not unpickle; the sentence below says it.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = torch.load(weights_path, map_location=device, weights_only=True)
-    except PermissionError as error:
-        raise BadWeightsError(f"{weights_path} cannot be read: permission denied.") from error
-    except Exception as error:  # torch raises many types here (zip, pickle, EOF, magic number)
-        raise BadWeightsError(
-            f"{weights_path} is not a PyTorch weights file (a state_dict saved by "
-            f"{train_command.split()[-1]}) and cannot be loaded.") from error
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) and v.is_floating_point()
-                                              for v in state.values()):
-        raise BadWeightsError(f"{weights_path} does not hold a state_dict of floating-point tensors, "
-                              f"so it is not weights for this model.")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:  # missing or unexpected keys, or tensors of the wrong shape
-        raise BadWeightsError(
-            f"{weights_path} holds weights for a different model architecture than "
-            f"{architecture}.") from error
-    if not all(torch.isfinite(v).all() for v in state.values()):
-        raise BadWeightsError(f"{weights_path} holds weights that are not numbers (NaN or "
-                              f"infinity), as a training run that diverged leaves; train again.")
-    return model.to(device).eval()
-
-
-def _check_recorded_checksum(weights_path):
-    # Training records the weights' SHA-256 beside them: bytes damaged inside the file still
-    # load (torch checks the archive's layout, not its contents) and read confidently wrong.
-    try:
-        with open(metadata_path(weights_path)) as f:
-            recorded = json.load(f).get("weights_sha256")
-    except (OSError, ValueError, AttributeError):
-        return  # no record (weights from elsewhere) or an unreadable one: nothing to check
-    try:
-        damaged = bool(recorded) and recorded != sha256_of(weights_path)
-    except OSError:
-        return  # unreadable: torch.load below says so
-    if damaged:
-        raise BadWeightsError(
-            f"{weights_path} does not match the SHA-256 that training recorded in "
-            f"{metadata_path(weights_path)}: the file is damaged or was replaced; train again, or "
-            f"delete that record if you replaced the weights on purpose.")
-
-
-def _resolve_device(device):
-    # The CPU by default: a forward pass of this small CNN takes about a millisecond there, less
-    # than starting CUDA would, and preprocessing runs on the CPU anyway.
-    if device is None:
-        return torch.device("cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise PredictError(f"{device!r} is not a device name (use cpu, cuda, cuda:N or mps).") from error
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise PredictError(f"{str(device)!r} is not a device this can read pictures on (use cpu, "
-                           f"cuda, cuda:N or mps).")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PredictError("CUDA was asked for but no CUDA GPU is available; use --device cpu.")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise PredictError("Apple MPS was asked for but is not available; use --device cpu.")
-    return device
-
-
-# ---------------------------------------------------------------------------------------------
-# Predicting
-
-@torch.no_grad()
-def predict_batch(model, tensors):
-    """Probabilities (N x 10) for a list of preprocessed 1x28x28 tensors, in one forward pass."""
-    device = next(model.parameters()).device
-    batch = torch.stack(list(tensors)).to(device)
-    return F.softmax(model(batch), dim=1).cpu()
 
 
 def predict_with_probabilities(model, image_path):
@@ -211,35 +104,11 @@ def read_digits(model, ink, reader=None):
             for d, p in zip(digits, probs)]
 
 
-@torch.no_grad()
-def read_row(reader, levels, mask, name="the image"):
-    """The number reader's LineReading of the ink in mask: its digits, the ten probabilities of
-    each (the reader's, at the column where it is likeliest, over the digits alone), and the
-    log-likelihood of any other list of digits."""
-    x, columns = batch_lines([to_line_input(levels, mask, name)])
-    log_probs = reader(x.to(next(reader.parameters()).device))[0, :columns[0]].float().cpu()
-    digits, at = decode(log_probs)
-    probabilities = [F.softmax(log_probs[t, :10], 0).tolist() for t in at]
-    return LineReading(digits, probabilities, lambda other: log_likelihood(log_probs, other))
-
-
 def predict_number(model, image_path, reader=None):
     """The number written in the picture as a str of its digits left to right, leading zeros
     kept ("007"). reader: as for predict_digits."""
     return "".join(str(d.digit) for d in predict_digits(model, image_path, reader))
 
-
-def number_confidence(readings):
-    """The model's confidence that every digit of the number is right: the product of each
-    digit's probability."""
-    confidence = 1.0
-    for reading in readings:
-        confidence *= reading.probabilities[reading.digit]
-    return confidence
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
 
 def image_files(paths):
     """Each path in order; a folder stands for the image files directly in it, sorted by name
@@ -345,7 +214,7 @@ def main(argv=None):
     failures = 0
     figures = set()
     # Where a screen exists the first few figures stay open to be shown at the end.
-    display = args.show and _has_display()
+    display = args.show and has_display()
 
     def report(error):
         nonlocal failures
@@ -386,110 +255,8 @@ def main(argv=None):
                     show_prediction(path, tensor, p, figures,
                                     keep_open=display and len(figures) < 10)
     if display:
-        _pyplot().show()
+        pyplot().show()
     return 1 if failures else 0
-
-
-# ---------------------------------------------------------------------------------------------
-# The --show figure
-
-def _has_display():
-    if sys.platform in ("darwin", "win32"):
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def _pyplot():
-    import matplotlib
-    # Without a display the default backend may fail to start; Agg only writes files.
-    if not _has_display():
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-FIGURE_DIR = "predictions"
-
-
-def figure_path(image_file, taken):
-    """Where --show writes the figure for image_file: predictions/<name>.png under the current
-    folder (git-ignored), numbered rather than overwrite a figure written earlier in the same
-    run (taken), as when two folders both hold a 7.png."""
-    stem = os.path.splitext(os.path.basename(image_file))[0]
-    path, n = os.path.join(FIGURE_DIR, f"{stem}.png"), 2
-    while path in taken:
-        path, n = os.path.join(FIGURE_DIR, f"{stem}_{n}.png"), n + 1
-    taken.add(path)
-    return path
-
-
-def show_prediction(path, tensor, probs, taken, keep_open=False):
-    """Write the figure for one prediction (the picture, the 28x28 the model saw, the ten
-    probabilities) and print where it is; returns the file name."""
-    plt = _pyplot()
-    original = open_image(path).convert("RGB")
-    seen = _seen(tensor)
-    digit = int(probs.argmax())
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1, 1.4]})
-    axes[0].imshow(original)
-    axes[0].set_title("your image")
-    axes[1].imshow(seen, cmap="gray", vmin=0, vmax=1)
-    axes[1].set_title("what the model saw (28x28)")
-    for ax in axes[:2]:
-        ax.axis("off")
-    colours = ["tab:orange" if d == digit else "tab:blue" for d in range(10)]
-    axes[2].bar(range(10), probs.numpy(), color=colours)
-    axes[2].set_xticks(range(10))
-    axes[2].set_ylim(0, 1)
-    axes[2].set_xlabel("digit")
-    axes[2].set_ylabel("probability")
-    axes[2].set_title(f"prediction: {digit} ({100 * float(probs[digit]):.1f}%)")
-    return _save_figure(plt, fig, path, taken, keep_open)
-
-
-def _seen(tensor):
-    # The 28x28 the model read, back in grey levels [0, 1].
-    return (tensor[0].numpy() * MNIST_STD + MNIST_MEAN).clip(0, 1)
-
-
-def show_number(path, readings, taken, keep_open=False):
-    """Write the figure for a number: the picture with each digit's box and reading drawn on it,
-    and below it the 28x28 each digit became, with its confidence. Returns the file name."""
-    plt = _pyplot()
-    original, scale = open_image(path, with_scale=True)
-    n = len(readings)
-    fig = plt.figure(figsize=(max(6.0, 1.3 * n), 6.5))
-    grid = fig.add_gridspec(2, n, height_ratios=[3.2, 1])
-    top = fig.add_subplot(grid[0, :])
-    top.imshow(original.convert("RGB"))
-    for r in readings:
-        x0, y0, x1, y1 = (v / scale for v in r.box)
-        top.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, color="tab:orange"))
-        top.text(x0, y0, str(r.digit), color="white", fontsize=14, va="bottom",
-                 bbox=dict(facecolor="tab:orange", pad=1, lw=0))
-    top.set_title(f"read as {''.join(str(r.digit) for r in readings)} "
-                  f"({100 * number_confidence(readings):.1f}% that every digit is right)")
-    top.axis("off")
-    for i, r in enumerate(readings):
-        ax = fig.add_subplot(grid[1, i])
-        ax.imshow(_seen(r.image), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{r.digit} ({100 * r.probabilities[r.digit]:.0f}%)", fontsize=10)
-        ax.axis("off")
-    return _save_figure(plt, fig, path, taken, keep_open)
-
-
-def _save_figure(plt, fig, path, taken, keep_open):
-    # The figure is closed unless keep_open, so a folder of thousands does not pile them up.
-    fig.suptitle(os.path.basename(path))
-    fig.tight_layout()
-    out = figure_path(path, taken)
-    os.makedirs(FIGURE_DIR, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    print(f"figure written to {out}")
-    if not keep_open:
-        plt.close(fig)
-    return out
-
 
 if __name__ == "__main__":
     try:

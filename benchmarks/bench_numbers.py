@@ -40,8 +40,9 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
-import predict  # noqa: E402  (the repo root is only on the path once the lines above ran)
 from bench_predict import finish_photo, lighting, load_mnist_test, written  # noqa: E402
+
+import predict  # noqa: E402  (the repo root is only on the path once the lines above ran)
 
 KINDS = ["spaced", "tight", "canvas"]
 

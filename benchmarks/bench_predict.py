@@ -46,7 +46,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import predict  # noqa: E402  (the repo root is only on the path once the line above ran)
-from mnist_cnn_model import MNIST_MEAN, MNIST_STD, prepare_mnist  # noqa: E402
+from reading.digit_input import MNIST_MEAN, MNIST_STD  # noqa: E402
+from training.mnist_data import prepare_mnist  # noqa: E402
 
 KINDS = ["mnist", "photo", "transparent", "thick", "thin", "chalkboard", "form", "ruled"]
 

@@ -51,7 +51,9 @@ def scan(grid, margin):
 def number_scan(grids, rng, touching):
     """The 8x8 grids written side by side as one number, on a drifting baseline with a slant, as
     a scan: dark ink on white paper."""
-    from bench_numbers import lay_out  # only here: tests import this module for scan alone
+    from bench_numbers import (
+        lay_out,  # only here: tests import this module for scan alone
+    )
     height = rng.uniform(50, 100)
     inks = []
     for grid in grids:

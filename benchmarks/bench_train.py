@@ -33,7 +33,7 @@ def baseline(epochs, data_dir, seed, limit=None):
     from torchvision import datasets, transforms
 
     sys.path.insert(0, ROOT)
-    from mnist_cnn_model import prepare_mnist
+    from training.mnist_data import prepare_mnist
 
     prepare_mnist(data_dir)
     torch.manual_seed(seed)
@@ -100,7 +100,7 @@ def report_speed(metrics, n_train):
     measured peak, from the metrics.json of one of this project's runs."""
     import torch
     sys.path.insert(0, ROOT)
-    from mnist_cnn_model import native_bf16
+    from training.loop import native_bf16
 
     precision = metrics["precision"]
     epoch_seconds = sum(e["seconds"] for e in metrics["epochs"]) / len(metrics["epochs"])

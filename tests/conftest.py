@@ -1,15 +1,9 @@
 import os
-import sys
 
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: the full 10-epoch training (minutes); skip with -m 'not slow'")
 
 
 @pytest.fixture(scope="session")
@@ -20,20 +14,20 @@ def repo_root():
 @pytest.fixture(scope="session")
 def mnist_test_set():
     """The MNIST test split as normalised tensors (images, labels), from the embedded copy."""
-    from mnist_cnn_model import load_mnist
+    from training.mnist_data import load_mnist
     return load_mnist(os.path.join(ROOT, "data"), train=False)
 
 
 @pytest.fixture(scope="session")
 def mnist_train_set():
-    from mnist_cnn_model import load_mnist
+    from training.mnist_data import load_mnist
     return load_mnist(os.path.join(ROOT, "data"), train=True)
 
 
 @pytest.fixture(scope="session")
 def mnist_test(mnist_test_set):
     """The MNIST test digits as stored (uint8, N x 28 x 28, white on black) and their labels."""
-    from mnist_cnn_model import MNIST_MEAN, MNIST_STD
+    from reading.digit_input import MNIST_MEAN, MNIST_STD
     images, labels = mnist_test_set
     pixels = ((images[:, 0] * MNIST_STD + MNIST_MEAN) * 255).round().to(torch.uint8)
     return pixels.numpy(), labels.numpy()

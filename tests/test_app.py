@@ -384,7 +384,7 @@ def test_two_readers_share_the_pictures_and_ctrl_c_stops_them_all(reader_weights
 def test_reader_processes_get_the_number_reader_too(reader_weights, tmp_path):
     """The number reader travels to the reader processes with the CNN (pickled) and reads there:
     an untrained one reads nonsense, but a picture of touching digits is answered."""
-    from number_reader import NumberReader
+    from reading.number_model import NumberReader
     torch.manual_seed(0)
     torch.save(NumberReader().state_dict(), tmp_path / "reader.pt")
     process, url = start_server(reader_weights, "--workers", "2", "--reader", tmp_path / "reader.pt")

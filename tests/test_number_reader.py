@@ -10,15 +10,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from drawing import save, touching_number
 from PIL import Image, ImageDraw
 
 import number_reader
 import predict
-from number_reader import BLANK, NumberReader, decode, log_likelihood
-from preprocess import LINE_HEIGHT, LINE_PAD, fit_line, read_ink, stroke_width, to_line_input
-from segment import LineReading, digit_groups, split_number
-
-from drawing import save, touching_number
+import training.synthetic_numbers
+from reading.digit_input import LINE_HEIGHT, LINE_PAD, fit_line, to_line_input
+from reading.ink import read_ink, stroke_width
+from reading.number_model import BLANK, NumberReader, decode, log_likelihood
+from reading.segment import LineReading, digit_groups, split_number
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,9 +75,9 @@ def test_fit_line_scales_ink_to_mnist_height():
 
 def test_numbers_to_learn_from_are_labelled_and_repeatable(mnist_test):
     images, labels = mnist_test
-    lines, digits = number_reader.synthetic_numbers(images, labels, 30, seed=5)
-    again, same = number_reader.synthetic_numbers(images, labels, 30, seed=5)
-    other, _ = number_reader.synthetic_numbers(images, labels, 30, seed=6)
+    lines, digits = training.synthetic_numbers.synthetic_numbers(images, labels, 30, seed=5)
+    again, same = training.synthetic_numbers.synthetic_numbers(images, labels, 30, seed=5)
+    other, _ = training.synthetic_numbers.synthetic_numbers(images, labels, 30, seed=6)
     assert same == digits and all((a == b).all() for a, b in zip(lines, again))
     assert any(a.shape != b.shape or (a != b).any() for a, b in zip(lines, other))
     for line, number in zip(lines, digits):
@@ -85,16 +86,16 @@ def test_numbers_to_learn_from_are_labelled_and_repeatable(mnist_test):
         # Wide enough for CTC: more columns of two pixels than digits (blanks between repeats).
         assert line.shape[1] // 2 >= 2 * len(number)
     # Parallel writing gives the same numbers as one process would, chunk by chunk.
-    counts = number_reader.CHUNK
-    par, par_digits = number_reader.synthetic_numbers_parallel(images, labels, counts + 3, 9, workers=2)
-    first, first_digits = number_reader.synthetic_numbers(images, labels, counts, (9, 0))
+    counts = training.synthetic_numbers.CHUNK
+    par, par_digits = training.synthetic_numbers.synthetic_numbers_parallel(images, labels, counts + 3, 9, workers=2)
+    first, first_digits = training.synthetic_numbers.synthetic_numbers(images, labels, counts, (9, 0))
     assert par_digits[:counts] == first_digits and len(par) == counts + 3
     assert all((a == b).all() for a, b in zip(par[:counts], first))
 
 
 def test_training_lowers_the_ctc_loss(mnist_test):
     images, labels = mnist_test
-    lines, digits = number_reader.synthetic_numbers(images, labels, 400, seed=1)
+    lines, digits = training.synthetic_numbers.synthetic_numbers(images, labels, 400, seed=1)
     torch.manual_seed(0)
     model = NumberReader()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -11,14 +11,14 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from drawing import as_mnist_photo, draw_seven, save, touching_number
 from PIL import Image
 
 import predict  # conftest.py puts the repository root on sys.path
-from mnist_cnn_model import CNN, MNIST_MEAN, MNIST_STD
-from preprocess import read_ink
-from segment import digit_groups
-
-from drawing import as_mnist_photo, draw_seven, save, touching_number
+from mnist_cnn_model import CNN
+from reading.digit_input import MNIST_MEAN, MNIST_STD
+from reading.ink import read_ink
+from reading.segment import digit_groups
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

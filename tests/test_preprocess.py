@@ -8,18 +8,22 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from drawing import centre_of_mass, draw_seven, ink_box, save, seen
 from PIL import Image, ImageDraw
 
-import preprocess  # conftest.py puts the repository root on sys.path
-import segment
-from mnist_cnn_model import MNIST_MEAN, MNIST_STD
-from drawing import centre_of_mass, draw_seven, ink_box, save, seen
+import reading.digit_input
+import reading.errors
+import reading.images
+import reading.ink
+import reading.paper
+import reading.segment
+from reading.digit_input import MNIST_MEAN, MNIST_STD
 
 # ---------------------------------------------------------------------------------------------
 # Preprocessing: the MNIST recipe, step by step
 
 def test_output_is_normalised_28x28_white_ink_on_black():
-    t = preprocess.preprocess_image(draw_seven())
+    t = reading.digit_input.preprocess_image(draw_seven())
     assert t.shape == (1, 28, 28) and t.dtype == torch.float32
     a = t[0].numpy() * MNIST_STD + MNIST_MEAN
     assert a[0, 0] == pytest.approx(0, abs=1e-5)  # background is black
@@ -59,7 +63,7 @@ def test_huge_image_is_scaled_down_first(tmp_path):
     path = save(img, tmp_path / "huge.png")
     small = seen(draw_seven(size=(600, 450), box=(100, 80, 300, 400), width=20))
     assert np.abs(seen(path) - small).mean() < 0.02
-    assert max(preprocess.open_image(path).size) <= preprocess.MAX_SIDE
+    assert max(reading.images.open_image(path).size) <= reading.images.MAX_SIDE
     seen(img)  # a caller's own PIL image is read, never shrunk in place
     assert img.size == (6000, 4500)
 
@@ -67,8 +71,8 @@ def test_huge_image_is_scaled_down_first(tmp_path):
 def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
     path = save(draw_seven(size=(400, 400)), tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 400x400 is > 2x that: refused
-    with pytest.raises(preprocess.NotAnImageError, match="big.png"):
-        preprocess.preprocess_image(path)
+    with pytest.raises(reading.errors.NotAnImageError, match="big.png"):
+        reading.digit_input.preprocess_image(path)
 
 
 def test_strokes_on_a_transparent_background_read_as_ink(tmp_path):
@@ -147,8 +151,8 @@ def test_paper_of_one_exact_grey_is_taken_flat_under_a_bold_digit():
     # the picture. Nothing may bend towards the ink: the paper comes out at 0, the ink at its
     # own contrast, the same everywhere.
     img = draw_seven(size=(120, 120), box=(20, 15, 100, 105), width=30, ink=30, paper=200)
-    grey = preprocess.read_grey(img)
-    residual = preprocess.remove_background(grey)
+    grey = reading.images.read_grey(img)
+    residual = reading.paper.remove_background(grey)
     assert (residual[grey == grey.max()] == 0).all()
     ink = np.asarray(img) == 30
     assert ink.mean() > 0.3
@@ -164,9 +168,9 @@ def test_a_blown_out_sheet_fading_into_shadow_is_not_taken_for_flat_paper():
     pencil = np.asarray(draw_seven(size=(320, 240), box=(30, 40, 130, 200), width=8)) < 128
     grey = np.where(pencil, paper - 0.2, paper)
     img = Image.fromarray(np.round(grey * 255).astype(np.uint8))
-    residual = preprocess.remove_background(preprocess.read_grey(img))
+    residual = reading.paper.remove_background(reading.images.read_grey(img))
     assert np.abs(residual[~pencil]).max() < 0.1
-    ink = preprocess.read_ink(img)
+    ink = reading.ink.read_ink(img)
     assert (ink.mask & pencil).sum() > 0.8 * pencil.sum()
     assert (ink.mask & ~pencil).sum() < 0.2 * pencil.sum()
 
@@ -235,7 +239,7 @@ def test_a_square_zero_is_not_a_box(zero):
     img = Image.new("L", (120, 160), 255)
     ImageDraw.Draw(img).rounded_rectangle(box, radius=radius, outline=0, width=width)
     dark = np.asarray(img) < 128
-    mask = preprocess.read_ink(img).mask
+    mask = reading.ink.read_ink(img).mask
     assert mask[dark].mean() > 0.95 and dark[mask].mean() > 0.9
 
 
@@ -247,7 +251,7 @@ def test_a_straight_stem_spanning_the_picture_stays_with_its_digit():
     draw.line([(130, 5), (130, 295)], fill=0, width=8)
     draw.line([(120, 15), (30, 190), (180, 190)], fill=0, width=8)
     dark = np.asarray(img) < 128
-    assert preprocess.read_ink(img).mask[dark].mean() > 0.95
+    assert reading.ink.read_ink(img).mask[dark].mean() > 0.95
 
 
 def test_thin_strokes_are_thickened_towards_mnist_width():
@@ -267,8 +271,8 @@ def test_blank_or_uniform_image_raises_no_digit_error(tmp_path, fill):
     else:
         a = np.full((200, 300), {"white": 255, "black": 0, "grey": 128}[fill], np.uint8)
     path = save(Image.fromarray(a), tmp_path / f"{fill}.png")
-    with pytest.raises(preprocess.NoDigitError, match=f"No digit found in .*{fill}.png"):
-        preprocess.preprocess_image(path)
+    with pytest.raises(reading.errors.NoDigitError, match=f"No digit found in .*{fill}.png"):
+        reading.digit_input.preprocess_image(path)
 
 
 @pytest.mark.parametrize("sigma", [0, 2])
@@ -279,8 +283,8 @@ def test_noise_and_textures_are_not_read_as_digits(tmp_path, sigma):
     a = ndimage.gaussian_filter(np.random.default_rng(1).random((240, 320)), sigma)
     a = (255 * (a - a.min()) / np.ptp(a)).astype(np.uint8)
     path = save(Image.fromarray(a), tmp_path / "texture.png")
-    with pytest.raises(preprocess.NoDigitError, match="separate pieces, as in noise or a texture"):
-        preprocess.preprocess_image(path)
+    with pytest.raises(reading.errors.NoDigitError, match="separate pieces, as in noise or a texture"):
+        reading.digit_input.preprocess_image(path)
 
 
 def test_a_long_number_in_broken_strokes_is_still_handwriting():
@@ -288,14 +292,14 @@ def test_a_long_number_in_broken_strokes_is_still_handwriting():
     are still read, not refused as noise."""
     digits = [4, 5, 7, 1, 0, 4, 5, 7, 0, 4] * 4
     image, _ = number_picture(digits, size=60, gap=25)
-    assert preprocess.label_pieces(preprocess.read_ink(image).mask)[1] >= 40
+    assert reading.ink.label_pieces(reading.ink.read_ink(image).mask)[1] >= 40
     assert len(groups_of(image)) == len(digits)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (2, 2), (1, 60), (60, 1), (2, 40)])
 def test_pictures_too_small_to_hold_a_digit_raise_no_digit_error(size):
-    with pytest.raises(preprocess.NoDigitError, match=f"only {size[0]}x{size[1]} pixels"):
-        preprocess.preprocess_image(Image.new("L", size, 0))
+    with pytest.raises(reading.errors.NoDigitError, match=f"only {size[0]}x{size[1]} pixels"):
+        reading.digit_input.preprocess_image(Image.new("L", size, 0))
 
 
 def test_a_png_damaged_in_its_pixel_data_is_refused(tmp_path):
@@ -309,8 +313,8 @@ def test_a_png_damaged_in_its_pixel_data_is_refused(tmp_path):
     data[start + 4 + int(0.9 * length)] ^= 0xFF
     path = tmp_path / "damaged.png"
     path.write_bytes(bytes(data))
-    with pytest.raises(preprocess.NotAnImageError, match="damaged.png.*truncated or corrupt"):
-        preprocess.preprocess_image(path)
+    with pytest.raises(reading.errors.NotAnImageError, match="damaged.png.*truncated or corrupt"):
+        reading.digit_input.preprocess_image(path)
 
 
 def test_a_float_picture_holding_nan_gives_a_digit_and_no_warning(tmp_path):
@@ -331,17 +335,17 @@ def test_pictures_pillow_only_warns_about_are_refused_unless_jpeg(tmp_path, monk
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60000)  # 300x300 is 1.5 times that
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(preprocess.NotAnImageError, match="large.png has too many pixels"):
-            preprocess.preprocess_image(png)
-        assert preprocess.preprocess_image(jpeg).shape == (1, 28, 28)
+        with pytest.raises(reading.errors.NotAnImageError, match="large.png has too many pixels"):
+            reading.digit_input.preprocess_image(png)
+        assert reading.digit_input.preprocess_image(jpeg).shape == (1, 28, 28)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 def test_a_named_pipe_is_refused_at_once(tmp_path):
     path = tmp_path / "pipe.png"
     os.mkfifo(path)
-    with pytest.raises(preprocess.NotAnImageError, match="not a regular file"):
-        preprocess.preprocess_image(path)
+    with pytest.raises(reading.errors.NotAnImageError, match="not a regular file"):
+        reading.digit_input.preprocess_image(path)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
@@ -358,10 +362,10 @@ def test_reading_leaves_no_file_open(tmp_path):
     # Kept, as a folder's errors and pictures are kept until its batch is printed.
     errors, pictures = [], []
     for n in range(20):
-        with pytest.raises(preprocess.NotAnImageError) as error:
-            preprocess.preprocess_image(tmp_path / f"cut{n}.png")
+        with pytest.raises(reading.errors.NotAnImageError) as error:
+            reading.digit_input.preprocess_image(tmp_path / f"cut{n}.png")
         errors.append(error.value)
-        pictures.append(preprocess.open_image(tmp_path / f"anim{n}.gif"))
+        pictures.append(reading.images.open_image(tmp_path / f"anim{n}.gif"))
         assert np.abs(seen(pictures[-1]) - seen(draw_seven())).mean() < 0.01
     assert len(os.listdir("/proc/self/fd")) <= before
 
@@ -372,7 +376,7 @@ def test_reading_in_threads_leaves_the_warning_filters_as_they_were(tmp_path):
     path = save(draw_seven(size=(60, 60), box=(20, 10, 40, 50), width=4), tmp_path / "seven.png")
     filters = list(warnings.filters)
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda _: preprocess.open_image(path), range(2000)))
+        list(pool.map(lambda _: reading.images.open_image(path), range(2000)))
     assert warnings.filters == filters
 
 
@@ -389,8 +393,8 @@ def test_degenerate_pictures_give_a_digit_or_one_error_and_no_warnings(pixels):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
-            assert preprocess.preprocess_image(image).shape == (1, 28, 28)
-        except preprocess.NoDigitError:
+            assert reading.digit_input.preprocess_image(image).shape == (1, 28, 28)
+        except reading.errors.NoDigitError:
             pass
 
 
@@ -421,7 +425,7 @@ def test_bold_scans_filling_the_picture_are_not_turned_inside_out():
     for n, grid in enumerate(grids):
         picture = scan(grid, margin=0)
         dark = np.asarray(picture) < 128
-        mask = preprocess.read_ink(picture).mask
+        mask = reading.ink.read_ink(picture).mask
         assert dark[mask].mean() > 0.5, f"optdigits {n}: the paper was taken for the ink"
 
 
@@ -467,14 +471,14 @@ def number_picture(digits, size=100, gap=45, slant=0.0, canvas=None):
 
 
 def groups_of(image):
-    ink = preprocess.read_ink(image)
-    return sorted(segment.digit_groups(ink), key=lambda g: g.left)
+    ink = reading.ink.read_ink(image)
+    return sorted(reading.segment.digit_groups(ink), key=lambda g: g.left)
 
 
 @pytest.mark.parametrize("digit", [4, 5, 7])
 def test_separate_strokes_of_one_digit_stay_one_digit(digit):
     img, _ = number_picture([digit])
-    assert preprocess.label_pieces(preprocess.read_ink(img).mask)[1] == 2  # two pieces of ink
+    assert reading.ink.label_pieces(reading.ink.read_ink(img).mask)[1] == 2  # two pieces of ink
     assert len(groups_of(img)) == 1
 
 
@@ -512,7 +516,7 @@ def test_one_digit_is_one_digit(sure_of):
         return torch.eye(10)[[sure_of] * len(batch)]
     for digit in (0, 1, 4, 5, 7):
         img, _ = number_picture([digit])
-        assert len(segment.find_digits(img, classify)) == 1
+        assert len(reading.segment.find_digits(img, classify)) == 1
 
 
 def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
@@ -523,9 +527,9 @@ def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
     draw.ellipse([50, 50, 115, 150], outline=0, width=10)
     draw.ellipse([123, 50, 188, 150], outline=0, width=10)
     draw.line([(110, 110), (128, 104)], fill=0, width=3)
-    ink = preprocess.read_ink(img)
-    assert preprocess.label_pieces(ink.mask)[1] == 1
-    digits = segment.split_number(ink, lambda batch: torch.eye(10)[[0] * len(batch)])
+    ink = reading.ink.read_ink(img)
+    assert reading.ink.label_pieces(ink.mask)[1] == 1
+    digits = reading.segment.split_number(ink, lambda batch: torch.eye(10)[[0] * len(batch)])
     assert len(digits) == 2
     (a0, _, a1, _), (b0, _, b1, _) = digits[0].box, digits[1].box
     assert b1 > a1
@@ -539,11 +543,11 @@ def test_cut_paths_cross_a_thin_stroke_rather_than_all_run_round_it():
     round its end, into one path). A paper column right beside the start is still taken."""
     cost = np.zeros((40, 40))
     cost[20, :24] = 1.0  # from the left edge to column 23
-    paths = segment._cheapest_paths(cost, [4, 8, 12], 20)
+    paths = reading.segment._cheapest_paths(cost, [4, 8, 12], 20)
     assert [set(path) for path in paths] == [{4}, {8}, {12}]
     cost[:, 9] = 1.0  # a stroke down the start column (and through row 20's stroke at column 8,
     cost[:, 8] = 0.0  # cleared here), a paper column beside it: the path goes there
-    (path,) = segment._cheapest_paths(cost, [9], 4)
+    (path,) = reading.segment._cheapest_paths(cost, [9], 4)
     assert (cost[np.arange(40), path] == 0).all()
 
 
@@ -553,12 +557,12 @@ def test_a_digit_says_whether_it_is_all_the_ink():
     def classify(batch):
         return torch.full((len(batch), 10), 0.1)
     img, _ = number_picture([7])
-    [seven] = segment.find_digits(img, classify)
-    assert seven.all_ink and torch.equal(seven.tensor, preprocess.preprocess_image(img))
+    [seven] = reading.segment.find_digits(img, classify)
+    assert seven.all_ink and torch.equal(seven.tensor, reading.digit_input.preprocess_image(img))
     # A blot too small to be a digit beside it is still ink of the picture, read as one digit.
     ImageDraw.Draw(img).ellipse([134, 94, 146, 106], fill=0)
-    [seven] = segment.find_digits(img, classify)
+    [seven] = reading.segment.find_digits(img, classify)
     assert not seven.all_ink
-    assert not torch.equal(seven.tensor, preprocess.preprocess_image(img))
+    assert not torch.equal(seven.tensor, reading.digit_input.preprocess_image(img))
     img, _ = number_picture([5, 7])
-    assert [d.all_ink for d in segment.find_digits(img, classify)] == [False, False]
+    assert [d.all_ink for d in reading.segment.find_digits(img, classify)] == [False, False]

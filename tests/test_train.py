@@ -1,3 +1,10 @@
+import reading.digit_input
+import reading.models
+import training.augment
+import training.loop
+import training.mnist_data
+import training.run_files
+
 """Tests of the model, the data pipeline and the training script (mnist_cnn_model.py)."""
 import builtins
 import errno
@@ -107,23 +114,23 @@ def test_embedded_data_is_mnist(mnist_train_set, mnist_test_set):
 
 def test_our_idx_reader_gives_torchvision_s_mnist_exactly(repo_root):
     for train in (True, False):
-        ours = m.load_mnist(os.path.join(repo_root, "data"), train=train)
+        ours = training.mnist_data.load_mnist(os.path.join(repo_root, "data"), train=train)
         theirs = MNIST(os.path.join(repo_root, "data"), train=train, download=False)
         assert torch.equal(ours[1], theirs.targets) and ours[1].dtype == theirs.targets.dtype
-        assert torch.equal(ours[0], (theirs.data.unsqueeze(1).float() / 255 - m.MNIST_MEAN) / m.MNIST_STD)
+        assert torch.equal(ours[0], (theirs.data.unsqueeze(1).float() / 255 - reading.digit_input.MNIST_MEAN) / reading.digit_input.MNIST_STD)
 
 def copy_embedded(dest):
     raw = dest / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in m.MNIST_FILES:
+    for name in training.mnist_data.MNIST_FILES:
         shutil.copy(os.path.join(RAW_GZ, name + ".gz"), raw)
     return raw
 
 
 def test_embedded_copy_is_unpacked_and_verified(tmp_path):
     raw = copy_embedded(tmp_path)
-    m.prepare_mnist(str(tmp_path))
-    for name, sha in m.MNIST_FILES.items():
+    training.mnist_data.prepare_mnist(str(tmp_path))
+    for name, sha in training.mnist_data.MNIST_FILES.items():
         with gzip.open(raw / (name + ".gz"), "rb") as f:
             assert (raw / name).read_bytes() == f.read()
         assert hashlib.sha256((raw / name).read_bytes()).hexdigest() == sha
@@ -139,8 +146,8 @@ def test_a_corrupted_copy_is_refused_with_a_clear_message(tmp_path, damage):
     else:
         data = data[: len(data) // 2]
     victim.write_bytes(bytes(data))
-    with pytest.raises(m.DataError, match="t10k-images-idx3-ubyte.gz is corrupted"):
-        m.prepare_mnist(str(tmp_path))
+    with pytest.raises(training.mnist_data.DataError, match="t10k-images-idx3-ubyte.gz is corrupted"):
+        training.mnist_data.prepare_mnist(str(tmp_path))
     assert not (raw / "t10k-images-idx3-ubyte").exists()
     assert not list(raw.glob("*.tmp"))
 
@@ -149,17 +156,17 @@ def test_a_full_disk_while_unpacking_is_not_called_corruption(tmp_path, disk_ful
     raw = copy_embedded(tmp_path)
     disk_full_at("t10k-images-idx3-ubyte")
     with pytest.raises(OSError) as error:
-        m.prepare_mnist(str(tmp_path))
+        training.mnist_data.prepare_mnist(str(tmp_path))
     assert error.value.errno == errno.ENOSPC and error.value.filename == str(raw / "t10k-images-idx3-ubyte")
     assert not list(raw.glob("*.tmp")) and not (raw / "t10k-images-idx3-ubyte").exists()
 
 
 def test_a_damaged_unpacked_file_is_replaced_from_the_embedded_copy(tmp_path):
     raw = copy_embedded(tmp_path)
-    m.prepare_mnist(str(tmp_path))
+    training.mnist_data.prepare_mnist(str(tmp_path))
     (raw / "train-labels-idx1-ubyte").write_bytes(b"garbage")
-    m.prepare_mnist(str(tmp_path))
-    assert m.sha256_of(raw / "train-labels-idx1-ubyte") == m.MNIST_FILES["train-labels-idx1-ubyte"]
+    training.mnist_data.prepare_mnist(str(tmp_path))
+    assert reading.models.sha256_of(raw / "train-labels-idx1-ubyte") == training.mnist_data.MNIST_FILES["train-labels-idx1-ubyte"]
 
 
 @pytest.fixture
@@ -177,9 +184,9 @@ def local_mirror(monkeypatch):
 
 
 def test_missing_data_is_downloaded_through_torchvision(tmp_path, local_mirror):
-    m.prepare_mnist(str(tmp_path))
-    for name, sha in m.MNIST_FILES.items():
-        assert m.sha256_of(tmp_path / "MNIST" / "raw" / name) == sha
+    training.mnist_data.prepare_mnist(str(tmp_path))
+    for name, sha in training.mnist_data.MNIST_FILES.items():
+        assert reading.models.sha256_of(tmp_path / "MNIST" / "raw" / name) == sha
 
 
 def test_no_data_and_no_network_is_one_clear_error(tmp_path, monkeypatch, capsys):
@@ -211,10 +218,10 @@ def test_short_training_lowers_the_loss_and_beats_chance_by_far(mnist_train_set,
 def test_augmentation_moves_digits_but_keeps_the_background(mnist_test_set):
     x = mnist_test_set[0][:64]
     generator = torch.Generator().manual_seed(0)
-    background = -m.MNIST_MEAN / m.MNIST_STD
+    background = -reading.digit_input.MNIST_MEAN / reading.digit_input.MNIST_STD
     blank = torch.full((8, 1, 28, 28), background)
-    torch.testing.assert_close(m.augment_batch(blank, generator), blank)
-    out = m.augment_batch(x, generator)
+    torch.testing.assert_close(training.augment.augment_batch(blank, generator), blank)
+    out = training.augment.augment_batch(x, generator)
     assert out.shape == x.shape and not torch.allclose(out, x, atol=0.1)
     # Small transforms: the ink is neither lost nor smeared over the picture, and the corners
     # stay background. (A pixel more on each side of a 1.5-pixel stroke, scaled up by 12%, is
@@ -227,12 +234,12 @@ def test_augmentation_moves_digits_but_keeps_the_background(mnist_test_set):
 
 
 def _normalised(ink):
-    return (torch.as_tensor(ink, dtype=torch.float32) - m.MNIST_MEAN) / m.MNIST_STD
+    return (torch.as_tensor(ink, dtype=torch.float32) - reading.digit_input.MNIST_MEAN) / reading.digit_input.MNIST_STD
 
 
 def _ink(batch):
     """Ink level (0 paper, 1 full ink) of normalised images, as a NumPy array N x 28 x 28."""
-    return (batch * m.MNIST_STD + m.MNIST_MEAN)[:, 0].numpy()
+    return (batch * reading.digit_input.MNIST_STD + reading.digit_input.MNIST_MEAN)[:, 0].numpy()
 
 
 def _inked_columns(ink):
@@ -253,7 +260,7 @@ def test_number_pieces_pair_narrow_digits_and_halve_wide_ones():
     ring = ((radius >= 6) & (radius <= 8)).astype(np.float32)
     batch = _normalised(np.stack([bar] * 32 + [ring] * 32))[:, None]
     labels = torch.tensor([1] * 32 + [0] * 32)
-    not_digits, still_digits = m.number_pieces(batch, labels, torch.Generator().manual_seed(0))
+    not_digits, still_digits = training.augment.number_pieces(batch, labels, torch.Generator().manual_seed(0))
     assert not_digits.shape == still_digits.shape == batch.shape
     widths = _inked_columns(_ink(not_digits))
     # Half a 1 is still a 1: a bar is only ever paired, so none of its ink is lost, with another
@@ -280,8 +287,8 @@ def test_number_pieces_never_halve_a_1_however_wide():
         stroke[row, 20 - (row - 4) * 12 // 20:23 - (row - 4) * 12 // 20] = 1
     batch = _normalised(np.stack([stroke] * 64))[:, None]
     generator = torch.Generator().manual_seed(0)
-    as_1, _ = m.number_pieces(batch, torch.ones(64, dtype=torch.long), generator)
-    as_7, _ = m.number_pieces(batch, torch.full((64,), 7), torch.Generator().manual_seed(0))
+    as_1, _ = training.augment.number_pieces(batch, torch.ones(64, dtype=torch.long), generator)
+    as_7, _ = training.augment.number_pieces(batch, torch.full((64,), 7), torch.Generator().manual_seed(0))
     mass = stroke.sum()
     # Paired, two strokes shrunk to fit 20 columns hold more than 0.75 of one stroke's ink;
     # halved, less.
@@ -295,7 +302,7 @@ def test_number_pieces_cut_whole_columns_off_and_spare_thin_digits():
     block = np.zeros((28, 28), np.float32)
     block[4:24, 8:20] = 1
     batch = _normalised(np.stack([block] * 256))[:, None]
-    _, still = m.number_pieces(batch, torch.zeros(256, dtype=torch.long), torch.Generator().manual_seed(0))
+    _, still = training.augment.number_pieces(batch, torch.zeros(256, dtype=torch.long), torch.Generator().manual_seed(0))
     twelfths = _ink(still).sum((1, 2)) / block.sum() * 12
     cut = twelfths < 11.9  # a neighbour's edge only ever adds ink
     np.testing.assert_allclose(twelfths[cut], np.round(twelfths[cut]), atol=0.05)
@@ -304,13 +311,13 @@ def test_number_pieces_cut_whole_columns_off_and_spare_thin_digits():
     bar = np.zeros((28, 28), np.float32)
     bar[4:24, 13:16] = 1
     bars = _normalised(np.stack([bar] * 256))[:, None]
-    _, still = m.number_pieces(bars, torch.ones(256, dtype=torch.long), torch.Generator().manual_seed(0))
+    _, still = training.augment.number_pieces(bars, torch.ones(256, dtype=torch.long), torch.Generator().manual_seed(0))
     assert (_ink(still).sum((1, 2)) > 0.99 * bar.sum()).all()
 
 
 def test_number_pieces_still_digits_keep_their_ink_and_are_centred(mnist_test_set):
     x, y = mnist_test_set[0][:64], mnist_test_set[1][:64]
-    _, still_digits = m.number_pieces(x, y, torch.Generator().manual_seed(1))
+    _, still_digits = training.augment.number_pieces(x, y, torch.Generator().manual_seed(1))
     before, after = _ink(x), _ink(still_digits)
     ratio = after.sum((1, 2)) / before.sum((1, 2))
     column_mass = before.sum(1)
@@ -325,7 +332,7 @@ def test_number_pieces_still_digits_keep_their_ink_and_are_centred(mnist_test_se
     inkiest_band = max(column_mass[:, c:c + 6].sum(1).max() for c in range(23))
     assert (after.sum((1, 2)) - before.sum((1, 2)) < 1.05 * inkiest_band).all()
     assert (ratio < 0.97).any() and (ratio > 1.03).any()  # both kinds happen
-    # Centred as preprocess.centre_in_28x28 centres what predict.py reads: on column 14.
+    # Centred as reading.digit_input.centre_in_28x28 centres what predict.py reads: on column 14.
     mass = after.sum(1)
     centre = (mass * np.arange(28)).sum(1) / mass.sum(1)
     np.testing.assert_allclose(centre, 14, atol=0.6)
@@ -333,9 +340,9 @@ def test_number_pieces_still_digits_keep_their_ink_and_are_centred(mnist_test_se
 
 def test_number_pieces_are_drawn_from_the_generator_alone(mnist_test_set):
     x, y = mnist_test_set[0][:16], mnist_test_set[1][:16]
-    first = m.number_pieces(x, y, torch.Generator().manual_seed(3))
-    again = m.number_pieces(x, y, torch.Generator().manual_seed(3))
-    other = m.number_pieces(x, y, torch.Generator().manual_seed(4))
+    first = training.augment.number_pieces(x, y, torch.Generator().manual_seed(3))
+    again = training.augment.number_pieces(x, y, torch.Generator().manual_seed(3))
+    other = training.augment.number_pieces(x, y, torch.Generator().manual_seed(4))
     for a, b in zip(first, again):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(first[0], other[0])
@@ -343,11 +350,11 @@ def test_number_pieces_are_drawn_from_the_generator_alone(mnist_test_set):
 
 def test_with_number_pieces_adds_pieces_with_uniform_targets_and_keeps_the_digits(mnist_test_set):
     x, y = mnist_test_set[0][:64], mnist_test_set[1][:64]
-    images, targets = m.with_number_pieces(x, y, torch.Generator().manual_seed(0))
-    k = int(m.PIECES * 64)
+    images, targets = training.augment.with_number_pieces(x, y, torch.Generator().manual_seed(0))
+    k = int(training.augment.PIECES * 64)
     assert k > 0 and images.shape == (64 + 2 * k, 1, 28, 28) and targets.shape == (64 + 2 * k, 10)
     torch.testing.assert_close(images[:64], x, rtol=0, atol=0)
-    not_digits, still_digits = m.number_pieces(x[:2 * k], y[:2 * k], torch.Generator().manual_seed(0))
+    not_digits, still_digits = training.augment.number_pieces(x[:2 * k], y[:2 * k], torch.Generator().manual_seed(0))
     torch.testing.assert_close(images[64:64 + k], not_digits[:k], rtol=0, atol=0)
     torch.testing.assert_close(images[64 + k:], still_digits[k:], rtol=0, atol=0)
     one_hot = nn.functional.one_hot(y, 10).float()
@@ -379,24 +386,24 @@ def test_augmented_epoch_with_pieces_repeats_exactly_and_lowers_the_loss(mnist_t
 
 def test_stroke_width_change_matches_pillow_max_and_min_filters(mnist_test_set):
     x = mnist_test_set[0][:8]
-    background = -m.MNIST_MEAN / m.MNIST_STD
-    levels = ((x * m.MNIST_STD + m.MNIST_MEAN) * 255).round().clamp(0, 255).to(torch.uint8)
+    background = -reading.digit_input.MNIST_MEAN / reading.digit_input.MNIST_STD
+    levels = ((x * reading.digit_input.MNIST_STD + reading.digit_input.MNIST_MEAN) * 255).round().clamp(0, 255).to(torch.uint8)
 
     def pillow(filter_):  # Pillow's 3x3 rank filters, on each digit as an 8-bit image
         out = [torch.from_numpy(np.array(Image.fromarray(d[0].numpy()).filter(filter_))) for d in levels]
-        return (torch.stack(out)[:, None].float() / 255 - m.MNIST_MEAN) / m.MNIST_STD
+        return (torch.stack(out)[:, None].float() / 255 - reading.digit_input.MNIST_MEAN) / reading.digit_input.MNIST_STD
 
-    tol = dict(atol=1 / 255 / m.MNIST_STD, rtol=0)
+    tol = dict(atol=1 / 255 / reading.digit_input.MNIST_STD, rtol=0)
     ones = torch.ones(len(x))
-    torch.testing.assert_close(m.change_stroke_width(x, 0 * ones), x)
-    torch.testing.assert_close(m.change_stroke_width(x, ones), pillow(ImageFilter.MaxFilter(3)), **tol)
-    torch.testing.assert_close(m.change_stroke_width(x, -ones),
+    torch.testing.assert_close(training.augment.change_stroke_width(x, 0 * ones), x)
+    torch.testing.assert_close(training.augment.change_stroke_width(x, ones), pillow(ImageFilter.MaxFilter(3)), **tol)
+    torch.testing.assert_close(training.augment.change_stroke_width(x, -ones),
                                (x + pillow(ImageFilter.MinFilter(3))) / 2, **tol)
     amount = torch.linspace(-1, 1, 8)  # each image its own amount, both ways
     a = amount.view(8, 1, 1, 1)
     expected = torch.where(a > 0, x + a * (pillow(ImageFilter.MaxFilter(3)) - x),
                            x + a / 2 * (x - pillow(ImageFilter.MinFilter(3))))
-    out = m.change_stroke_width(x, amount)
+    out = training.augment.change_stroke_width(x, amount)
     torch.testing.assert_close(out, expected, **tol)
     ink_in, ink_out = (x - background).sum((1, 2, 3)), (out - background).sum((1, 2, 3))
     assert (ink_out[:4] < ink_in[:4]).all() and (ink_out[4:] > ink_in[4:]).all()
@@ -404,7 +411,7 @@ def test_stroke_width_change_matches_pillow_max_and_min_filters(mnist_test_set):
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "weights.pt"
-    m.atomic_save({"a": torch.ones(3)}, path)
+    training.run_files.atomic_save({"a": torch.ones(3)}, path)
 
     def failing_save(obj, f):  # atomic_save hands torch.save an open file
         f.write(b"half a fi")
@@ -412,7 +419,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError) as error:
-        m.atomic_save({"a": torch.zeros(3)}, path)
+        training.run_files.atomic_save({"a": torch.zeros(3)}, path)
     assert error.value.errno == errno.ENOSPC and error.value.filename == str(path)
     monkeypatch.undo()
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
@@ -442,7 +449,7 @@ def test_a_diverging_epoch_stops_within_50_batches(mnist_train_set):
 
 
 def test_second_stop_request_exits_at_once(monkeypatch):
-    stop = m.StopRequest()
+    stop = training.loop.StopRequest()
     exits = []
     monkeypatch.setattr(os, "_exit", exits.append)
     stop.handle(signal.SIGINT, None)
@@ -461,14 +468,14 @@ def test_second_stop_request_exits_at_once(monkeypatch):
 ])
 def test_auto_precision_picks_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch, flags, native):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
-    assert m.native_bf16(torch.device("cpu")) is native
+    assert training.loop.native_bf16(torch.device("cpu")) is native
 
 
 def test_auto_precision_on_this_machine():
     cpu = torch.device("cpu")
     if expected_auto_precision(cpu) is None:
         pytest.skip("no /proc/cpuinfo to check against")
-    assert m.native_bf16(cpu) == (expected_auto_precision(cpu) == "bf16")
+    assert training.loop.native_bf16(cpu) == (expected_auto_precision(cpu) == "bf16")
 
 
 def test_auto_precision_reads_proc_cpuinfo_where_torch_does_not_tell(monkeypatch):
@@ -480,7 +487,7 @@ def test_auto_precision_reads_proc_cpuinfo_where_torch_does_not_tell(monkeypatch
                          ("flags\t: fpu avx2 amx_tile amx_bf16\n", True), ("flags\t: fpu avx2 fma\n", False)]:
         monkeypatch.setattr(builtins, "open", lambda f, *a, **k: io.StringIO(line) if f == "/proc/cpuinfo"
                             else real_open(f, *a, **k))
-        assert m.native_bf16(torch.device("cpu")) is native
+        assert training.loop.native_bf16(torch.device("cpu")) is native
 
 
 def test_resume_keeps_the_precision_the_run_started_with(tmp_path):
@@ -532,7 +539,7 @@ def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
                      "--weights", str(weights))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    device = m.pick_device()
+    device = training.loop.pick_device()
     precision = expected_auto_precision(device) or ("bf16" if "bf16" in lines[0] else "fp32")
     assert lines[0] == f"Training on {device} in {'bf16 mixed precision' if precision == 'bf16' else 'fp32'}"
     assert re.fullmatch(r"Epoch 1/2: loss \d+\.\d{4}, test loss .*", lines[1])
@@ -543,7 +550,7 @@ def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
     CNN().load_state_dict(state)  # a plain state_dict of this architecture
     info = json.loads(weights.with_suffix(".json").read_text())
     assert info["config"]["limit"] == 2000 and info["test_accuracy"] == float(match[1])
-    assert info["data_sha256"] == m.MNIST_FILES and info["torch"] == torch.__version__
+    assert info["data_sha256"] == training.mnist_data.MNIST_FILES and info["torch"] == torch.__version__
     assert info["precision"] == info["config"]["precision"] == precision
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -558,7 +565,7 @@ def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
 
     # Then predict.py reads the first test digit (a 7), written dark on light like a user's own.
     from PIL import Image
-    pixels = (mnist_test_set[0][0, 0] * m.MNIST_STD + m.MNIST_MEAN) * 255
+    pixels = (mnist_test_set[0][0, 0] * reading.digit_input.MNIST_STD + reading.digit_input.MNIST_MEAN) * 255
     Image.fromarray(255 - pixels.round().byte().numpy()).resize((140, 140)).save(tmp_path / "seven.png")
     out = subprocess.run([sys.executable, os.path.join(repo_root, "predict.py"), str(tmp_path / "seven.png"),
                           "--weights", str(weights)], capture_output=True, text=True, timeout=120)
@@ -566,7 +573,7 @@ def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
     assert re.fullmatch(rf"{re.escape(str(tmp_path / 'seven.png'))}: 7 \(\d+\.\d%\)", out.stdout.strip())
 
     # One byte damaged mid-file still loads in torch; the SHA-256 recorded beside it catches it.
-    assert info["weights_sha256"] == m.sha256_of(weights)
+    assert info["weights_sha256"] == reading.models.sha256_of(weights)
     damaged = bytearray(weights.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF
     weights.write_bytes(bytes(damaged))

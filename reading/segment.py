@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from preprocess import NoDigitError, label_pieces, read_ink, stroke_width, to_mnist
+from reading.digit_input import to_mnist
+from reading.errors import NoDigitError
+from reading.ink import label_pieces, read_ink, stroke_width
 
 
 class Digit(NamedTuple):

@@ -1,0 +1,286 @@
+"""Which pixels of a picture are ink: the picture's Ink, with specks, ruled lines, frames and the
+table around a photographed sheet left out.
+"""
+import os
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from reading.errors import NoDigitError
+from reading.images import open_image, read_grey
+from reading.paper import otsu_threshold, paper_level, remove_background, sample, to_ink_polarity
+
+EIGHT_CONNECTED = np.ones((3, 3), bool)
+
+
+class Ink(NamedTuple):
+    """A picture's ink: levels (float32, bright ink on 0, the background removed), mask (bool,
+    the pixels that are ink), scale (pixels of the original picture per pixel here), name, and
+    pieces, label_pieces(mask) when it is already known (None otherwise)."""
+    levels: np.ndarray
+    mask: np.ndarray
+    scale: float
+    name: str
+    pieces: tuple = None
+
+
+def read_ink(image):
+    """The picture's Ink: read as grey levels, paper and lighting removed, ink made bright, the
+    ink pixels found. Ink scattered in more than MAX_PIECES pieces is noise or a texture, not
+    handwriting: NoDigitError, as for a blank picture."""
+    name = "the image" if isinstance(image, Image.Image) else os.fspath(image)
+    img, scale = open_image(image, with_scale=True)
+    grey = read_grey(img)
+    levels = to_ink_polarity(remove_background(grey))
+    try:
+        mask, pieces = _find_ink(levels, name)
+    except NoDigitError:
+        # A bold digit filling the picture leaves the paper only in the corners, and a curved
+        # lighting surface can bend to follow the ink itself; a flat paper level cannot.
+        levels = to_ink_polarity(grey - paper_level(grey))
+        mask, pieces = _find_ink(levels, name)
+    if pieces[1] > MAX_PIECES:
+        raise NoDigitError(f"No digit found in {name}: its ink lies in {pieces[1]} separate pieces, "
+                           f"as in noise or a texture, not in handwriting.")
+    return Ink(levels, mask, scale, name, pieces)
+
+
+def _find_ink(levels, name):
+    """(find_ink's mask, its pieces as label_pieces numbers them). Most pictures lose no piece
+    on the way, so the pieces are numbered once, not for each step that looks at them."""
+    mask = _drop_ruled_lines(_threshold(levels, name))
+    mask, pieces = _drop_frames(mask, label_pieces(mask))
+    kept = _set_aside_edge_background(levels, mask, pieces, name)
+    return _drop_specks(kept, pieces if kept is mask else label_pieces(kept))
+
+
+# A handwritten digit is one to three pieces of ink, and the longest numbers in the benchmarks
+# eight or fewer; fifty leaves room for long numbers written in broken strokes, while random
+# noise leaves a hundred or more pieces.
+MAX_PIECES = 50
+
+
+def _threshold(levels, name):
+    blank = NoDigitError(f"No digit found in {name}: the image is blank or uniform.")
+    if float(levels.max()) < 1e-3:
+        raise blank
+    mask = levels > otsu_threshold(levels)
+    background = levels[~mask]
+    if background.size == 0 or mask.sum() < 3:
+        raise blank
+    contrast = float(np.median(sample(levels[mask]))) - float(np.median(sample(background)))
+    # On plain noise Otsu still splits the histogram, but the two halves are only about 1.6
+    # standard deviations apart; real ink stands many deviations clear of the paper.
+    if contrast < max(6 * float(background.std()), 0.02):
+        # The background's spread also counts the soft edges of a bold, blurred digit filling
+        # the picture; the noise is what changes from one background pixel to the next.
+        jitter = float((levels - ndimage.uniform_filter(levels, 5, mode="nearest"))[~mask].std())
+        if contrast < max(6 * jitter, 0.02):
+            raise blank
+    return mask
+
+
+def label_pieces(mask):
+    """(labels, count): the mask's 8-connected pieces numbered 1..count (0 is background)."""
+    return ndimage.label(mask, structure=EIGHT_CONNECTED)
+
+
+def _border_ids(labels):
+    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    return np.unique(edge[edge > 0])
+
+
+def _set_aside_edge_background(levels, mask, pieces, name):
+    """The mask without the table around a photographed sheet, or a shadow at its edge.
+
+    Such a region touches the picture's border, is often darker than any pen, and is solid: far
+    thicker than a pen stroke. A digit cropped tightly touches the border too, but with strokes
+    as thin as the rest of the ink. So the ink is looked for again away from the border pieces
+    (their darkness may have pushed the first threshold past the pen), and only the border
+    pieces much thicker than that ink's strokes are set aside. pieces: label_pieces(mask)."""
+    labels, count = pieces
+    edge_ids = _border_ids(labels)
+    if not len(edge_ids):
+        return mask
+    edge = np.isin(labels, edge_ids)
+    try:
+        inner = _threshold(np.where(ndimage.binary_dilation(edge, iterations=2), 0.0, levels), name)
+        inner_labels, _ = label_pieces(inner)
+        inner &= ~np.isin(inner_labels, _border_ids(inner_labels))
+    except NoDigitError:
+        return mask
+    # Inside ink must be pen-strong, not the JPEG ringing or anti-aliasing left around a digit
+    # that itself touches the border.
+    if inner.sum() < 20 or np.median(levels[inner]) < 0.25 * np.median(sample(levels[mask])):
+        return mask
+    # A digit cropped tightly leaves, away from the border, only fragments of itself, a few
+    # pixels from its border pieces; the digit on a photographed sheet stands clear of the table
+    # by a margin of paper (here: 4 pixels, or 3% of the picture's long side if more).
+    clearance = float(ndimage.distance_transform_edt(~edge)[inner].min())
+    if clearance < max(4.0, 0.03 * max(mask.shape)):
+        return mask
+    # Distance to the nearest non-ink pixel, the picture's border counting as ink: a strip of
+    # table along an edge is as thick as it looks, not half of it.
+    depth = ndimage.distance_transform_edt(np.pad(mask | inner, 1, constant_values=True))[1:-1, 1:-1]
+    pen = float(depth[inner].max())
+    thickness = ndimage.maximum(depth, labels, edge_ids)
+    background_ids = edge_ids[np.asarray(thickness) > 2.5 * pen + 1]
+    if not len(background_ids):
+        return mask
+    return (mask & ~np.isin(labels, background_ids)) | inner
+
+
+def _drop_specks(mask, pieces):
+    """(mask, pieces): the ink mask without isolated specks (dust, noise, JPEG artefacts),
+    8-connected pieces smaller than a tenth of the largest, and its label_pieces. pieces:
+    label_pieces(mask)."""
+    labels, count = pieces
+    if count <= 1:
+        return mask, pieces
+    size = np.bincount(labels.ravel())
+    size[0] = 0
+    keep = size >= 0.1 * size.max()
+    keep[0] = False
+    if keep[1:].all():
+        return mask, pieces
+    mask = keep[labels]
+    return mask, label_pieces(mask)
+
+
+def _drop_ruled_lines(mask):
+    """The ink mask without the ruled lines of lined or squared paper, or of a table around a
+    cell: straight horizontal or vertical runs across nine tenths of the picture, thin for their
+    length, and either at least three times as long as the tallest piece of writing clear of the
+    picture's border, or half as long again with paper beside it, clear of the writing or far
+    thinner than its strokes. (A digit's own bar or stem is neither: it is as thick as the rest
+    of the digit, which joins it. A digit cropped so tightly that it touches the border is left
+    as it is: it has no such piece beside it.)"""
+    h, w = mask.shape
+    lines = _long_runs(mask, max(int(0.9 * w), 8)) | _long_runs(mask.T, max(int(0.9 * h), 8)).T
+    if not lines.any():
+        return mask
+    labels, count = label_pieces(mask & ~ndimage.binary_dilation(lines, iterations=1))
+    border = set(_border_ids(labels))
+    clear = [s for k, s in enumerate(ndimage.find_objects(labels), start=1) if k not in border]
+    if not clear:
+        return mask
+    tall = max(max(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in clear)
+    # Each piece: writing clear of the border, not a speck of noise (nor a sliver of a blurred
+    # line's edge, which runs to the border).
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    sizes[list(border)] = 0
+    writing = sizes >= 0.1 * sizes.max()
+    pen = stroke_width(writing[labels])
+    line_labels, count = label_pieces(lines)
+    areas = np.bincount(line_labels.ravel(), minlength=count + 1)
+    long_ids = []
+    for i, s in enumerate(ndimage.find_objects(line_labels), start=1):
+        length = max(s[0].stop - s[0].start, s[1].stop - s[1].start)
+        # A ruled line is thin for its length; a bold stroke across a tightly cropped digit is not.
+        if areas[i] / length > length / 15 or length < 1.5 * tall:
+            continue
+        if length < 3 * tall:
+            # The two pixels on each side of the line: paper beside a table's line, ink beside a
+            # run through the middle of a bold stroke. Where writing touches the line, it must be
+            # far thinner than the writing's strokes: a digit's own stem or bar is not.
+            box = tuple(slice(max(x.start - 3, 0), x.stop + 3) for x in s)
+            band = ndimage.binary_dilation(line_labels[box] == i, iterations=1)
+            beside = ndimage.binary_dilation(band, iterations=2) & ~band
+            if mask[box][beside].mean() > 0.25:
+                continue
+            if writing[labels[box][beside]].any() and stroke_width(line_labels[s] == i) > 0.6 * pen:
+                continue
+        long_ids.append(i)
+    if not long_ids:
+        return mask
+    return mask & ~ndimage.binary_dilation(np.isin(line_labels, long_ids), iterations=1)
+
+
+def _drop_frames(mask, pieces):
+    """(mask, pieces): the ink mask (pieces: its label_pieces) and its pieces without the
+    printed boxes around the writing, a form's fields or a box drawn with a ruler. A box is a
+    piece whose bounding box has ink along almost all of each of its four sides, within a band
+    a tenth of its shorter side deep, and at least a quarter paper inside, its lines thinner
+    than that band, with writing inside it. Only those lines are taken out (see _first_line): a
+    digit that touches its box, or runs along it, keeps its strokes. (A digit's strokes along
+    its own bounding box are thicker for it, or leave its corners empty, or hold no ink, as a
+    square 0 does.)"""
+    labels, count = pieces
+    frames = np.zeros(mask.shape, bool)
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        height, width = box[0].stop - box[0].start, box[1].stop - box[1].start
+        if min(height, width) < 20:
+            continue
+        own = labels[box] == k
+        band = max(2, min(height, width) // 10)
+        sides = [own[:band], own[:-band - 1:-1], own.T[:band], own.T[:-band - 1:-1]]
+        inside = own[band:-band, band:-band]
+        # A box's lines are thin for it, a digit's strokes along its bounding box are not; and a
+        # box is drawn around writing: a square 0 holds no ink, an empty box is left as it is.
+        if (min(side.any(0).mean() for side in sides) < 0.9 or inside.mean() > 0.75
+                or max(np.median(side.sum(0)) for side in sides) >= band
+                or mask[box][band:-band, band:-band].mean() < 0.02):
+            continue
+        line = np.zeros(own.shape, bool)
+        views = [line[:band], line[:-band - 1:-1], line.T[:band], line.T[:-band - 1:-1]]
+        for side, view in zip(sides, views):
+            view |= _first_line(side)
+        frames[box] |= line
+    if not frames.any():
+        return mask, pieces
+    mask = mask & ~frames
+    return mask, label_pieces(mask)
+
+
+def _first_line(side):
+    """In a band of ink along an edge (the edge is row 0), the straight line that runs along
+    it: where the first ink met from the edge mostly lies, as thick as the band mostly holds
+    ink. (A digit's stroke that crosses the line and sticks out beyond it moves the first ink
+    in a few columns only.)"""
+    present = np.flatnonzero(side.any(0))
+    first = np.argmax(side, axis=0)[present].astype(np.float64)
+    thickness = np.median(side.sum(0)[present])
+    inliers = np.ones(len(present), bool)
+    for _ in range(3):
+        slope, offset = np.polyfit(present[inliers], first[inliers], 1)
+        inliers = np.abs(first - (slope * present + offset)) <= max(2.0, thickness)
+        if inliers.sum() < 2:
+            break
+    top = slope * np.arange(side.shape[1]) + offset
+    rows = np.arange(side.shape[0])[:, None]
+    return side & (rows >= np.floor(top) - 1) & (rows <= np.ceil(top) + thickness)
+
+
+def _long_runs(mask, length):
+    """The pixels of mask that lie in a horizontal run of at least `length` pixels."""
+    out = np.zeros(mask.shape, bool)
+    # Only a row with that much ink can hold such a run: counting first spares most pictures,
+    # which have none, the search for runs through every row.
+    candidates = np.flatnonzero(np.count_nonzero(mask, axis=1) >= length)
+    if not len(candidates):
+        return out
+    padded = np.zeros((len(candidates), mask.shape[1] + 2), np.int8)
+    padded[:, 1:-1] = mask[candidates]
+    rows, starts = np.nonzero(np.diff(padded, axis=1) == 1)
+    ends = np.nonzero(np.diff(padded, axis=1) == -1)[1]
+    for r, s, e in zip(candidates[rows], starts, ends):
+        if e - s >= length:
+            out[r, s:e] = True
+    return out
+
+
+def stroke_width(mask):
+    """Mean stroke width in pixels of a boolean ink mask: ink area over half its boundary length."""
+    area = int(mask.sum())
+    if area == 0:
+        return 0.0
+    # The interior is what a cross-shaped (4-connected) erosion keeps (the pixels whose four
+    # neighbours are ink, outside the picture counting as paper); the rest is the boundary.
+    padded = np.pad(mask, 1)
+    interior = (mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2]
+                & padded[1:-1, 2:])
+    boundary = area - int(np.count_nonzero(interior))
+    return 2.0 * area / max(boundary, 1)

@@ -1,0 +1,147 @@
+"""The trained models: loading their weights safely, and running them on prepared inputs.
+"""
+import hashlib
+import json
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from reading.digit_input import to_line_input
+from reading.errors import BadWeightsError, PredictError, WeightsNotFoundError
+from reading.number_model import NumberReader, batch_lines, decode, log_likelihood
+from reading.segment import LineReading
+
+DEFAULT_WEIGHTS = "mnist_cnn.pt"
+DEFAULT_READER = "number_reader.pt"
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def metadata_path(weights):
+    path = os.path.splitext(weights)[0] + ".json"
+    return path if path != weights else path + ".json"
+
+
+def load_model(weights_path=DEFAULT_WEIGHTS, device=None):
+    """A CNN in eval mode with the weights from weights_path, on device (default: the CPU)."""
+    from mnist_cnn_model import (
+        CNN,  # here, not at the top: mnist_cnn_model imports this module
+    )
+    return _load_weights(CNN(), weights_path, device, "the CNN in mnist_cnn_model.py",
+                         "python mnist_cnn_model.py")
+
+
+def load_reader(weights_path=DEFAULT_READER, device=None):
+    """The number reader (number_reader.py) in eval mode with the weights from weights_path, on
+    device (default: the CPU). Pass it to predict_number, predict_digits or read_digits to read
+    digits that touch far better than cutting them apart does."""
+    return _load_weights(NumberReader(), weights_path, device, "the NumberReader in number_reader.py",
+                         "python number_reader.py")
+
+
+def _load_weights(model, weights_path, device, architecture, train_command):
+    """model in eval mode with the state_dict from weights_path, on device, or one sentence why not.
+
+    weights_only=True means no pickled code from the file ever runs, and map_location lets a file
+    saved on a GPU machine load on a CPU-only one."""
+    device = _resolve_device(device)
+    weights_path = os.fspath(weights_path)
+    if not os.path.exists(weights_path):
+        raise WeightsNotFoundError(
+            f"No weights file at {weights_path}: train the model first with `{train_command}`.")
+    if os.path.isdir(weights_path):
+        raise BadWeightsError(f"{weights_path} is a folder, not a weights file.")
+    if not os.path.isfile(weights_path):  # a pipe or a device would keep torch.load waiting
+        raise BadWeightsError(f"{weights_path} is not a regular file, so not a weights file.")
+    _check_recorded_checksum(weights_path)
+    try:
+        # torch warns before it refuses a file it will not unpickle; the sentence below says it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(weights_path, map_location=device, weights_only=True)
+    except PermissionError as error:
+        raise BadWeightsError(f"{weights_path} cannot be read: permission denied.") from error
+    except Exception as error:  # torch raises many types here (zip, pickle, EOF, magic number)
+        raise BadWeightsError(
+            f"{weights_path} is not a PyTorch weights file (a state_dict saved by "
+            f"{train_command.split()[-1]}) and cannot be loaded.") from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) and v.is_floating_point()
+                                              for v in state.values()):
+        raise BadWeightsError(f"{weights_path} does not hold a state_dict of floating-point tensors, "
+                              f"so it is not weights for this model.")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:  # missing or unexpected keys, or tensors of the wrong shape
+        raise BadWeightsError(
+            f"{weights_path} holds weights for a different model architecture than "
+            f"{architecture}.") from error
+    if not all(torch.isfinite(v).all() for v in state.values()):
+        raise BadWeightsError(f"{weights_path} holds weights that are not numbers (NaN or "
+                              f"infinity), as a training run that diverged leaves; train again.")
+    return model.to(device).eval()
+
+
+def _check_recorded_checksum(weights_path):
+    # Training records the weights' SHA-256 beside them: bytes damaged inside the file still
+    # load (torch checks the archive's layout, not its contents) and read confidently wrong.
+    try:
+        with open(metadata_path(weights_path)) as f:
+            recorded = json.load(f).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return  # no record (weights from elsewhere) or an unreadable one: nothing to check
+    try:
+        damaged = bool(recorded) and recorded != sha256_of(weights_path)
+    except OSError:
+        return  # unreadable: torch.load below says so
+    if damaged:
+        raise BadWeightsError(
+            f"{weights_path} does not match the SHA-256 that training recorded in "
+            f"{metadata_path(weights_path)}: the file is damaged or was replaced; train again, or "
+            f"delete that record if you replaced the weights on purpose.")
+
+
+def _resolve_device(device):
+    # The CPU by default: a forward pass of this small CNN takes about a millisecond there, less
+    # than starting CUDA would, and preprocessing runs on the CPU anyway.
+    if device is None:
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise PredictError(f"{device!r} is not a device name (use cpu, cuda, cuda:N or mps).") from error
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise PredictError(f"{str(device)!r} is not a device this can read pictures on (use cpu, "
+                           f"cuda, cuda:N or mps).")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PredictError("CUDA was asked for but no CUDA GPU is available; use --device cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PredictError("Apple MPS was asked for but is not available; use --device cpu.")
+    return device
+
+
+@torch.no_grad()
+def predict_batch(model, tensors):
+    """Probabilities (N x 10) for a list of preprocessed 1x28x28 tensors, in one forward pass."""
+    device = next(model.parameters()).device
+    batch = torch.stack(list(tensors)).to(device)
+    return F.softmax(model(batch), dim=1).cpu()
+
+
+@torch.no_grad()
+def read_row(reader, levels, mask, name="the image"):
+    """The number reader's LineReading of the ink in mask: its digits, the ten probabilities of
+    each (the reader's, at the column where it is likeliest, over the digits alone), and the
+    log-likelihood of any other list of digits."""
+    x, columns = batch_lines([to_line_input(levels, mask, name)])
+    log_probs = reader(x.to(next(reader.parameters()).device))[0, :columns[0]].float().cpu()
+    digits, at = decode(log_probs)
+    probabilities = [F.softmax(log_probs[t, :10], 0).tolist() for t in at]
+    return LineReading(digits, probabilities, lambda other: log_likelihood(log_probs, other))

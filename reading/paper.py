@@ -1,0 +1,115 @@
+"""Removing the paper: its tint, the lighting across it, and which way round the ink is.
+"""
+import numpy as np
+from scipy import ndimage
+
+
+def remove_background(grey):
+    """grey minus its background (paper tint, lighting gradient, vignetting), which is estimated
+    as a smooth quadratic surface fitted to the background pixels only: after this the paper is
+    near 0 everywhere and one threshold fits the whole picture. The result is signed: ink is
+    negative where it is darker than the paper, positive where lighter."""
+    h, w = grey.shape
+    # Fit on a small copy: the lighting is smooth, and a 64x64 fit costs microseconds.
+    step = max(1, max(h, w) // 64)
+    sample = grey[::step, ::step]
+    ys, xs = np.mgrid[0:sample.shape[0], 0:sample.shape[1]]
+    ys = ys.ravel() * step / max(h - 1, 1)
+    xs = xs.ravel() * step / max(w - 1, 1)
+    values = sample.ravel().astype(np.float64)
+    # A background of one exact grey level (a canvas or a drawing program's export, a cleaned
+    # scan) has no lighting to fit, and fitting costs most of this function's time. It is that
+    # when half the pixels are alike and the rest are ink with its soft edges; not when values
+    # near the level lie away from any ink, as where a sheet blown out to pure white by the
+    # light fades into shadow.
+    level = np.median(values)
+    alike = sample == level
+    if 2 * np.count_nonzero(alike) >= alike.size:
+        near_ink = ndimage.binary_dilation(np.abs(sample - level) >= 0.15, iterations=2)
+        if np.count_nonzero(~alike & ~near_ink) <= 0.01 * alike.size:
+            return grey - np.float32(level)
+    basis = np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], axis=1)
+    # Two starting guesses for which pixels are paper: all of them (right when the ink is thin,
+    # however uneven the light), or the larger side of an Otsu split (right when a bold digit
+    # covers a third of the picture, which a quadratic could otherwise bend to follow). Each is
+    # refined; the fit that leaves the paper flattest wins.
+    side = values > otsu_threshold(values)
+    starts = [np.ones(values.shape, bool), side if side.mean() >= 0.5 else ~side]
+    fits = [_fit_paper(basis, values, keep) for keep in starts]
+    # Paper under light is never brighter than the brightest pixel nor darker than the darkest:
+    # a surface that leaves that range is following a bold digit's strokes, not the lighting
+    # (and would turn the digit inside out). Then a flat paper level is the better guess.
+    lo, hi = values.min() - 0.05, values.max() + 0.05
+    fits = [fit for fit in fits if lo <= (surface := basis @ fit[0]).min() and surface.max() <= hi]
+    if not fits:
+        return grey - paper_level(grey)
+    c = min(fits, key=lambda fit: fit[1])[0].astype(np.float32)
+    yy = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None]
+    xx = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :]
+    surface = c[0] + c[1] * xx + c[2] * yy + c[3] * xx * xx + c[4] * xx * yy + c[5] * yy * yy
+    return grey - surface
+
+
+def _fit_paper(basis, values, keep):
+    """(coefficients, spread): least squares on the pixels in keep, then refitted on the pixels
+    within 3 robust standard deviations of the surface until that set settles. The median
+    absolute deviation ignores the ink (a minority), whichever side of the paper it lies."""
+    # Until a fit exists: a flat surface at the median, which is all a tiny picture allows.
+    coef = np.zeros(basis.shape[1])
+    coef[0] = np.median(values)
+    spread = float(np.inf)
+    for _ in range(8):
+        chosen = basis[keep]
+        if len(chosen) < 2 * basis.shape[1]:
+            break
+        # Solved through the 6x6 normal equations (cheap); lstsq rather than solve, because a
+        # picture one pixel high makes them singular.
+        coef = np.linalg.lstsq(chosen.T @ chosen, chosen.T @ values[keep], rcond=None)[0]
+        residual = values - basis @ coef
+        centre = np.median(residual[keep])
+        spread = 1.4826 * np.median(np.abs(residual[keep] - centre))
+        new_keep = np.abs(residual - centre) <= max(3 * spread, 0.01)
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    return coef, spread
+
+
+def paper_level(grey):
+    # The median of the larger side of an Otsu split: the paper, which covers more of a picture
+    # than the ink does.
+    above = grey > otsu_threshold(grey)
+    side = above if above.mean() >= 0.5 else ~above
+    return float(np.median(grey[side])) if side.any() else float(np.median(grey))
+
+
+def to_ink_polarity(residual):
+    """The ink bright on a black background, as in MNIST, from the background-free image. The
+    ink is whichever side of the paper reaches further: dark ink on light paper gives a deep
+    minimum, chalk on a board a high maximum. Extremes are taken after a 3x3 average so that a
+    single noisy pixel cannot outvote a stroke."""
+    smooth = ndimage.uniform_filter(residual, 3, mode="nearest")
+    dark_ink = -float(smooth.min()) > float(smooth.max())
+    return np.clip(-residual if dark_ink else residual, 0.0, None)
+
+
+def sample(values, size=65536):
+    # Medians and percentiles of a regular subsample of at most `size` values: as good as the
+    # whole image's for these statistics, and sorting a megapixel photo would dominate the time.
+    flat = values.ravel()
+    return flat[::max(1, flat.size // size)]
+
+
+def otsu_threshold(values):
+    """Otsu's threshold of values (any range): the level that best splits them into two classes."""
+    lo, hi = float(values.min()), float(values.max())
+    edges = np.linspace(lo, hi, 257)
+    bins = np.minimum(((values - lo) * (256 / max(hi - lo, 1e-12))).astype(np.int64), 255)
+    hist = np.bincount(bins.ravel(), minlength=256).astype(np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight0 = np.cumsum(hist)
+    weight1 = weight0[-1] - weight0
+    mean0 = np.cumsum(hist * centres) / np.maximum(weight0, 1e-12)
+    mean1 = ((hist * centres).sum() - np.cumsum(hist * centres)) / np.maximum(weight1, 1e-12)
+    between = weight0 * weight1 * (mean0 - mean1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
