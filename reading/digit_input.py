@@ -17,6 +17,13 @@ MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
 
+def grey_levels(x):
+    """The model's normalised input (a tensor or an array, any shape) back to grey levels in
+    [0, 1]: what the model saw, for showing to people."""
+    x = x * MNIST_STD + MNIST_MEAN
+    return x.clamp(0, 1) if isinstance(x, torch.Tensor) else np.clip(x, 0, 1)
+
+
 # The ink is handled at SUPERSAMPLE times the final 28x28 resolution, so placing it by its centre
 # of mass is accurate to a fraction of a final pixel and the last 4x4 averaging anti-aliases it.
 SUPERSAMPLE = 4
