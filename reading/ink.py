@@ -13,6 +13,7 @@ from reading.images import open_image, read_grey
 from reading.paper import otsu_threshold, paper_level, remove_background, sample, to_ink_polarity
 
 EIGHT_CONNECTED = np.ones((3, 3), bool)
+FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
 class Ink(NamedTuple):
@@ -48,17 +49,17 @@ def read_ink(image):
 
 
 def _find_ink(levels, name):
-    """(find_ink's mask, its pieces as label_pieces numbers them). Most pictures lose no piece
-    on the way, so the pieces are numbered once, not for each step that looks at them."""
+    """(mask, pieces): the pixels of levels that are ink, and their label_pieces. Most pictures
+    lose no piece on the way, so the pieces are numbered once, not for each step that looks at
+    them."""
     mask = _drop_ruled_lines(_threshold(levels, name))
     mask, pieces = _drop_frames(mask, label_pieces(mask))
     kept = _set_aside_edge_background(levels, mask, pieces, name)
     return _drop_specks(kept, pieces if kept is mask else label_pieces(kept))
 
 
-# A handwritten digit is one to three pieces of ink, and the longest numbers in the benchmarks
-# eight or fewer; fifty leaves room for long numbers written in broken strokes, while random
-# noise leaves a hundred or more pieces.
+# A handwritten digit is one to three pieces of ink; fifty leaves room for long numbers written
+# in broken strokes, while random noise leaves far more pieces.
 MAX_PIECES = 50
 
 
@@ -71,8 +72,8 @@ def _threshold(levels, name):
     if background.size == 0 or mask.sum() < 3:
         raise blank
     contrast = float(np.median(sample(levels[mask]))) - float(np.median(sample(background)))
-    # On plain noise Otsu still splits the histogram, but the two halves are only about 1.6
-    # standard deviations apart; real ink stands many deviations clear of the paper.
+    # On plain noise Otsu still splits the histogram, but into two halves close together; real
+    # ink stands many standard deviations clear of the paper.
     if contrast < max(6 * float(background.std()), 0.02):
         # The background's spread also counts the soft edges of a bold, blurred digit filling
         # the picture; the noise is what changes from one background pixel to the next.
@@ -277,10 +278,8 @@ def stroke_width(mask):
     area = int(mask.sum())
     if area == 0:
         return 0.0
-    # The interior is what a cross-shaped (4-connected) erosion keeps (the pixels whose four
-    # neighbours are ink, outside the picture counting as paper); the rest is the boundary.
-    padded = np.pad(mask, 1)
-    interior = (mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2]
-                & padded[1:-1, 2:])
+    # The boundary is the ink a cross-shaped erosion removes: pixels with a 4-neighbour of paper,
+    # outside the picture counting as paper.
+    interior = ndimage.binary_erosion(mask, FOUR_CONNECTED, border_value=0)
     boundary = area - int(np.count_nonzero(interior))
     return 2.0 * area / max(boundary, 1)

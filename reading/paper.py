@@ -10,7 +10,7 @@ def remove_background(grey):
     near 0 everywhere and one threshold fits the whole picture. The result is signed: ink is
     negative where it is darker than the paper, positive where lighter."""
     h, w = grey.shape
-    # Fit on a small copy: the lighting is smooth, and a 64x64 fit costs microseconds.
+    # Fit on a small copy: the lighting is smooth, and a 64x64 fit is cheap.
     step = max(1, max(h, w) // 64)
     sample = grey[::step, ::step]
     ys, xs = np.mgrid[0:sample.shape[0], 0:sample.shape[1]]
