@@ -1,19 +1,22 @@
-"""The --show figures: the picture, what the model saw, and how sure it was.
+"""The --show figures of predict.py: the picture, what the model saw, and how sure it was.
+matplotlib is imported only when a figure is asked for.
 """
 import os
 import sys
 
-from reading.digit_input import MNIST_MEAN, MNIST_STD
+from reading.digit_input import grey_levels
 from reading.images import open_image
 
 
 def has_display():
+    """Whether figures can be shown on a screen here (otherwise they are only written)."""
     if sys.platform in ("darwin", "win32"):
         return True
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def pyplot():
+    """matplotlib.pyplot, imported now: reading pictures never needs it."""
     import matplotlib
     # Without a display the default backend may fail to start; Agg only writes files.
     if not has_display():
@@ -42,7 +45,7 @@ def show_prediction(path, tensor, probs, taken, keep_open=False):
     probabilities) and print where it is; returns the file name."""
     plt = pyplot()
     original = open_image(path).convert("RGB")
-    seen = _seen(tensor)
+    seen = grey_levels(tensor[0].numpy())
     digit = int(probs.argmax())
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1, 1.4]})
     axes[0].imshow(original)
@@ -59,11 +62,6 @@ def show_prediction(path, tensor, probs, taken, keep_open=False):
     axes[2].set_ylabel("probability")
     axes[2].set_title(f"prediction: {digit} ({100 * float(probs[digit]):.1f}%)")
     return _save_figure(plt, fig, path, taken, keep_open)
-
-
-def _seen(tensor):
-    # The 28x28 the model read, back in grey levels [0, 1].
-    return (tensor[0].numpy() * MNIST_STD + MNIST_MEAN).clip(0, 1)
 
 
 def show_number(path, readings, taken, keep_open=False):
@@ -86,7 +84,7 @@ def show_number(path, readings, taken, keep_open=False):
     top.axis("off")
     for i, r in enumerate(readings):
         ax = fig.add_subplot(grid[1, i])
-        ax.imshow(_seen(r.image), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(grey_levels(r.image[0].numpy()), cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"{r.digit} ({100 * r.probabilities[r.digit]:.0f}%)", fontsize=10)
         ax.axis("off")
     return _save_figure(plt, fig, path, taken, keep_open)

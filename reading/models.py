@@ -1,4 +1,5 @@
-"""The trained models: loading their weights safely, and running them on prepared inputs.
+"""The trained models: loading their weights safely, on the device asked for, and running them
+on prepared inputs.
 """
 import hashlib
 import json
@@ -18,6 +19,7 @@ DEFAULT_READER = "number_reader.pt"
 
 
 def sha256_of(path):
+    """The file's SHA-256 as hex: training records it beside the weights, loading checks it."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -26,6 +28,7 @@ def sha256_of(path):
 
 
 def metadata_path(weights):
+    """The .json beside a weights file, where training records how they were made."""
     path = os.path.splitext(weights)[0] + ".json"
     return path if path != weights else path + ".json"
 
@@ -52,7 +55,7 @@ def _load_weights(model, weights_path, device, architecture, train_command):
 
     weights_only=True means no pickled code from the file ever runs, and map_location lets a file
     saved on a GPU machine load on a CPU-only one."""
-    device = _resolve_device(device)
+    device = resolve_device(device)
     weights_path = os.fspath(weights_path)
     if not os.path.exists(weights_path):
         raise WeightsNotFoundError(
@@ -108,9 +111,11 @@ def _check_recorded_checksum(weights_path):
             f"delete that record if you replaced the weights on purpose.")
 
 
-def _resolve_device(device):
-    # The CPU by default: a forward pass of this small CNN takes about a millisecond there, less
-    # than starting CUDA would, and preprocessing runs on the CPU anyway.
+def resolve_device(device):
+    """The torch.device named (cpu, cuda, cuda:N or mps; None: the CPU), or PredictError with one
+    sentence when it is not a device name or is not available here."""
+    # The CPU by default: a forward pass of these small models is quicker there than starting
+    # CUDA, and preprocessing runs on the CPU anyway.
     if device is None:
         return torch.device("cpu")
     try:
