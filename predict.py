@@ -1,28 +1,32 @@
 """
 Read the handwritten digits in your own pictures with the CNN trained by mnist_cnn_model.py.
 
-    python predict.py                      # reads the image named by image_path below
-    python predict.py photo.jpg            # or name files and folders on the command line
-    python predict.py digits/ --top-k 3    # every image in a folder, the 3 likeliest digits each
-    python predict.py number.jpg --number  # a whole number: each digit, left to right (with
-                                           # number_reader.pt, when trained, for touching digits)
-    python predict.py photo.jpg --show     # also write a figure: input, what the model saw, probabilities
+    python predict.py                              # reads the picture named by image_path below
+    python predict.py samples/digit.jpg            # or name files and folders on the command line
+    python predict.py digits/ --top-k 3            # every picture in a folder, its 3 likeliest digits
+    python predict.py samples/number.jpg --number  # a whole number, each digit left to right (with
+                                                   # number_reader.pt, when trained, for touching digits)
+    python predict.py samples/drawing.png --show   # also write a figure: the picture, what the model
+                                                   # saw, the ten probabilities
 
-From Python:
+From Python (after `python mnist_cnn_model.py`; load_reader after `python number_reader.py`):
 
-    from predict import load_model, predict_user_input, predict_number
+    from predict import (load_model, load_reader, predict_digits, predict_number,
+                         predict_user_input, predict_with_probabilities)
     model = load_model("mnist_cnn.pt")
-    digit = predict_user_input(model, "photo.jpg")                 # an int
-    digit, probs = predict_with_probabilities(model, "photo.jpg")  # and the 10 probabilities
-    number = predict_number(model, "meter.jpg")                    # a str, leading zeros kept
-    number = predict_number(model, "meter.jpg", load_reader())     # digits that touch read far better
-    for d in predict_digits(model, "meter.jpg"): print(d.digit, d.box)
+    digit = predict_user_input(model, "samples/digit.jpg")                 # an int
+    digit, probs = predict_with_probabilities(model, "samples/digit.jpg")  # and the ten probabilities
+    number = predict_number(model, "samples/number.jpg")                   # a str, leading zeros kept
+    number = predict_number(model, "samples/number.jpg", load_reader())    # touching digits read better
+    for d in predict_digits(model, "samples/number.jpg"):
+        print(d.digit, d.box)
 
-Pictures become what MNIST digits look like in preprocess.py, and a number is split into its
-digits in segment.py, helped by the number reader of number_reader.py where it is given.
-Problems are raised as PredictError subclasses with a one-sentence message: WeightsNotFoundError,
-BadWeightsError, ImageNotFoundError, NotAnImageError and NoDigitError (nothing to read: the image
-is blank or uniform, under 3 pixels on a side, or noise rather than handwriting).
+Pictures become what MNIST digits look like in reading/digit_input.py, and a number is split into
+its digits in reading/segment.py, helped by the number reader of number_reader.py where it is
+given. Problems are raised as PredictError subclasses with a one-sentence message:
+WeightsNotFoundError, BadWeightsError, ImageNotFoundError, NotAnImageError and NoDigitError
+(nothing to read: the picture is blank or uniform, under 3 pixels on a side, or noise rather than
+handwriting).
 """
 import argparse
 import os
@@ -44,7 +48,7 @@ from reading.errors import (  # noqa: F401
 )
 from reading.figures import has_display, number_confidence, pyplot, show_number, show_prediction
 from reading.ink import read_ink
-from reading.models import (  # noqa: F401
+from reading.models import (
     DEFAULT_READER,
     DEFAULT_WEIGHTS,
     load_model,
@@ -55,7 +59,7 @@ from reading.models import (  # noqa: F401
 from reading.segment import count_digits, split_number
 
 # Edit this to point at your own image, then run `python predict.py`.
-image_path = "my_digit.png"
+image_path = "samples/digit.jpg"
 
 # Folders are predicted this many images per forward pass.
 BATCH_SIZE = 256
@@ -93,7 +97,7 @@ def predict_digits(model, image_path, reader=None):
 
 
 def read_digits(model, ink, reader=None):
-    """predict_digits for a picture already read by preprocess.read_ink."""
+    """predict_digits for a picture already read by reading.ink.read_ink."""
     read_line = None if reader is None else lambda levels, mask, name: read_row(reader, levels, mask, name)
     digits = split_number(ink, lambda batch: predict_batch(model, batch), read_line)
     if not digits:
@@ -126,8 +130,9 @@ def image_files(paths):
 
 
 def _read_one(model, path):
-    # (the digit's tensor, how many digits --number would read), or the error. Counting pieces
-    # of ink instead said "holds 2 digits" of a 5-digit number written in two strokes.
+    # (the digit's tensor, how many digits --number would read), or the error. Digits are
+    # counted as --number finds them, not as pieces of ink: a number may be written in fewer
+    # strokes than it has digits.
     try:
         ink = read_ink(path)
         return to_mnist(ink.levels, ink.mask, ink.name), count_digits(ink, lambda batch: predict_batch(model, batch))
@@ -192,71 +197,105 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    paths = args.paths or [image_path]
-    try:
-        model = load_model(args.weights, args.device)
-        reader = None
-        if args.reader or (args.number and os.path.exists(DEFAULT_READER)):
-            reader = load_reader(args.reader or DEFAULT_READER, args.device)
-    except PredictError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+def load_models(args):
+    """(the CNN, the number reader or None) that the command line asks for; PredictError if a
+    weights file is missing or bad. Without a reader, --number says how to train one."""
+    model = load_model(args.weights, args.device)
+    reader = None
+    if args.reader or (args.number and os.path.exists(DEFAULT_READER)):
+        reader = load_reader(args.reader or DEFAULT_READER, args.device)
     if args.number and reader is None:
         print(f"note: no {DEFAULT_READER}, so digits that touch are read by cutting them apart "
               f"alone; `python number_reader.py` trains the reader, which reads them far better.",
               file=sys.stderr)
+    return model, reader
+
+
+class Output:
+    """What the command line prints for each picture, the figures it writes, and how many
+    pictures failed."""
+
+    def __init__(self, args):
+        self.args = args
+        self.failures = 0
+        self.figures = set()
+        # Where a screen exists the first few figures stay open to be shown at the end.
+        self.display = args.show and has_display()
+
+    def error(self, error):
+        self.failures += 1
+        hint = (" Edit image_path at the top of predict.py or pass a path: "
+                "python predict.py PATH." if not self.args.paths else "")
+        print(f"error: {error}{hint}", file=sys.stderr)
+
+    def _keep_open(self):
+        return self.display and len(self.figures) < 10
+
+    def number(self, path, readings):
+        print(format_number(path, readings), flush=True)
+        if self.args.show:
+            show_number(path, readings, self.figures, keep_open=self._keep_open())
+
+    def digit(self, path, tensor, probs, count):
+        several = f"; it holds {count} digits: use --number to read them all" if count > 1 else ""
+        print(format_line(path, probs, self.args.top_k) + several, flush=True)
+        if self.args.show:
+            show_prediction(path, tensor, probs, self.figures, keep_open=self._keep_open())
+
+
+def print_numbers(pool, model, reader, paths, output):
+    """--number: each picture's number, read in the pool's threads, printed in order."""
+    for path, result in zip(paths, pool.map(lambda p: _read_number(model, reader, p), paths)):
+        if isinstance(result, PredictError):
+            output.error(result)
+        else:
+            output.number(path, result)
+
+
+def print_digits(pool, model, paths, output):
+    """Each picture's digit: prepared in the pool's threads, read in one forward pass, printed
+    in order."""
+    read, tensors, counts = [], [], []
+    for path, result in zip(paths, pool.map(lambda p: _read_one(model, p), paths)):
+        if isinstance(result, PredictError):
+            output.error(result)
+        else:
+            read.append(path)
+            tensors.append(result[0])
+            counts.append(result[1])
+    if not read:
+        return
+    probs = predict_batch(model, tensors)
+    for path, tensor, p, count in zip(read, tensors, probs, counts):
+        output.digit(path, tensor, p, count)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    paths = args.paths or [image_path]
+    try:
+        model, reader = load_models(args)
+    except PredictError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     files = list(image_files(paths))
     if not files:
         print(f"error: no image files in {', '.join(paths)}.", file=sys.stderr)
         return 1
-    failures = 0
-    figures = set()
-    # Where a screen exists the first few figures stay open to be shown at the end.
-    display = args.show and has_display()
-
-    def report(error):
-        nonlocal failures
-        failures += 1
-        hint = (" Edit image_path at the top of predict.py or pass a path: "
-                "python predict.py PATH." if not args.paths else "")
-        print(f"error: {error}{hint}", file=sys.stderr)
-
+    output = Output(args)
     # Preprocessing is most of the time; Pillow, NumPy, SciPy and torch release the GIL in their
     # heavy parts, so threads spread it over the cores with results kept in order.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(files), BATCH_SIZE):
             batch = files[start:start + BATCH_SIZE]
             if args.number:
-                for path, result in zip(batch, pool.map(lambda p: _read_number(model, reader, p), batch)):
-                    if isinstance(result, PredictError):
-                        report(result)
-                        continue
-                    print(format_number(path, result), flush=True)
-                    if args.show:
-                        show_number(path, result, figures, keep_open=display and len(figures) < 10)
-                continue
-            chunk, tensors, counts = [], [], []
-            for path, result in zip(batch, pool.map(lambda p: _read_one(model, p), batch)):
-                if isinstance(result, PredictError):
-                    report(result)
-                else:
-                    chunk.append(path)
-                    tensors.append(result[0])
-                    counts.append(result[1])
-            if not chunk:
-                continue
-            probs = predict_batch(model, tensors)
-            for path, tensor, p, count in zip(chunk, tensors, probs, counts):
-                several = f"; it holds {count} digits: use --number to read them all" if count > 1 else ""
-                print(format_line(path, p, args.top_k) + several, flush=True)
-                if args.show:
-                    show_prediction(path, tensor, p, figures,
-                                    keep_open=display and len(figures) < 10)
-    if display:
+                print_numbers(pool, model, reader, batch, output)
+            else:
+                print_digits(pool, model, batch, output)
+    if output.display:
         pyplot().show()
-    return 1 if failures else 0
+    return 1 if output.failures else 0
+
 
 if __name__ == "__main__":
     try:
