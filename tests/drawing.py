@@ -2,8 +2,7 @@
 import numpy as np
 from PIL import Image, ImageDraw
 
-import reading.digit_input
-from reading.digit_input import MNIST_MEAN, MNIST_STD
+from reading.digit_input import grey_levels, preprocess_image
 
 
 def draw_seven(size=(300, 300), box=(90, 60, 190, 240), width=14, ink=0, paper=255, mode="L"):
@@ -18,7 +17,7 @@ def draw_seven(size=(300, 300), box=(90, 60, 190, 240), width=14, ink=0, paper=2
 
 def seen(image):
     """The 28x28 array in [0, 1] the model sees for image (a PIL image or a path)."""
-    return (reading.digit_input.preprocess_image(image)[0].numpy() * MNIST_STD + MNIST_MEAN)
+    return grey_levels(preprocess_image(image)[0].numpy())
 
 
 def centre_of_mass(a):

@@ -1,0 +1,161 @@
+"""Tests of reading/segment.py and reading/cuts.py: which pieces of ink make one digit, and how a
+group of touching digits is cut apart, with classifiers whose answers the tests choose."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import reading.cuts
+import reading.digit_input
+import reading.ink
+import reading.segment
+
+
+def write(draw, digit, left, top, size, width=10):
+    """A digit drawn in strokes that need not touch: 1, 4 (its stem lifted off below the bar), 5
+    (the bar floats a little above and aside), 7 (broken below its bar) and 0."""
+    s = size
+    def line(*points):
+        draw.line([(left + x * s, top + y * s) for x, y in points], fill=0, width=width, joint="curve")
+    if digit == 1:
+        line((0.35, 0), (0.3, 1))
+    elif digit == 4:
+        line((0.3, 0), (0.05, 0.6), (0.6, 0.6))
+        line((0.45, 0.7), (0.45, 1))
+    elif digit == 5:
+        line((0.15, 0.05), (0.6, 0.0))
+        line((0.12, 0.15), (0.1, 0.45), (0.45, 0.42), (0.6, 0.7), (0.4, 0.98), (0.05, 0.9))
+    elif digit == 7:
+        line((0.0, 0.0), (0.6, 0.0), (0.45, 0.45))
+        line((0.4, 0.58), (0.25, 1))
+    elif digit == 0:
+        draw.ellipse([left, top, left + 0.6 * s, top + s], outline=0, width=width)
+
+
+def number_picture(digits, size=100, gap=45, slant=0.0, canvas=None):
+    """The digits written left to right on white paper, optionally sheared by slant (dx per dy,
+    the tops leaning right when negative); returns the picture and each digit's left edge."""
+    width = len(digits) * (int(0.6 * size) + gap) + 2 * gap
+    img = Image.new("L", canvas or (width, 2 * size), 255)
+    draw = ImageDraw.Draw(img)
+    lefts = []
+    for i, d in enumerate(digits):
+        left = gap + i * (int(0.6 * size) + gap)
+        write(draw, d, left, size // 2, size)
+        lefts.append(left)
+    if slant:
+        img = img.transform(img.size, Image.Transform.AFFINE, (1, slant, -slant * img.height / 2, 0, 1, 0),
+                            Image.Resampling.BILINEAR, fillcolor=255)
+    return img, lefts
+
+
+def groups_of(image):
+    ink = reading.ink.read_ink(image)
+    return sorted(reading.segment.digit_groups(ink), key=lambda g: g.left)
+
+
+def test_a_long_number_in_broken_strokes_is_still_handwriting():
+    """Forty digits, most of them written in two strokes: nearly fifty pieces of ink
+    are still read, not refused as noise."""
+    digits = [4, 5, 7, 1, 0, 4, 5, 7, 0, 4] * 4
+    image, _ = number_picture(digits, size=60, gap=25)
+    assert reading.ink.label_pieces(reading.ink.read_ink(image).mask)[1] >= 40
+    assert len(groups_of(image)) == len(digits)
+
+
+@pytest.mark.parametrize("digit", [4, 5, 7])
+def test_separate_strokes_of_one_digit_stay_one_digit(digit):
+    img, _ = number_picture([digit])
+    assert reading.ink.label_pieces(reading.ink.read_ink(img).mask)[1] == 2  # two pieces of ink
+    assert len(groups_of(img)) == 1
+
+
+@pytest.mark.parametrize("slant", [0.0, -0.3, 0.3])
+def test_digits_are_found_left_to_right_even_when_slanted(slant):
+    img, lefts = number_picture([4, 5, 7, 1, 0], slant=slant)
+    groups = groups_of(img)
+    assert len(groups) == 5
+    # Each group's box holds the digit written at that place, in order.
+    centres = [(g.box[1].start + g.box[1].stop) / 2 for g in groups]
+    assert centres == sorted(centres)
+    for centre, left in zip(centres, lefts):
+        assert abs(centre - (left + 30)) < 45
+
+
+def test_specks_an_edge_shadow_and_ruled_lines_are_not_digits():
+    img, lefts = number_picture([7, 1, 4], canvas=(560, 300))
+    draw = ImageDraw.Draw(img)
+    for x, y in [(20, 30), (500, 260), (300, 20), (150, 280)]:
+        draw.ellipse([x, y, x + 3, y + 3], fill=0)  # dust
+    for y in (48, 152, 256):
+        draw.line([(0, y), (559, y)], fill=90, width=2)  # lined paper
+    a = np.asarray(img, np.float32)
+    a[:, :40] *= np.linspace(0.15, 1.0, 40)[None, :]  # a shadow along the left edge
+    groups = groups_of(Image.fromarray(a.astype(np.uint8)))
+    assert len(groups) == 3
+    # The three are the 7, the 1 and the 4, left to right (each written 60 pixels wide from its
+    # left edge, rows 50-150), with no speck, shadow or line joined to them.
+    for group, left in zip(groups, lefts):
+        assert left - 5 <= group.box[1].start and group.box[1].stop <= left + 70
+        assert group.box[0].start >= 45 and group.box[0].stop <= 155
+
+
+@pytest.mark.parametrize("sure_of", [None, 0, 1])
+def test_one_digit_is_one_digit(sure_of):
+    """Not cut into pieces, whether the model knows nothing or is sure every piece is a 0 or a 1."""
+    def classify(batch):
+        if sure_of is None:
+            return torch.full((len(batch), 10), 0.1)
+        return torch.eye(10)[[sure_of] * len(batch)]
+    for digit in (0, 1, 4, 5, 7):
+        img, _ = number_picture([digit])
+        assert len(reading.segment.find_digits(img, classify)) == 1
+
+
+def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
+    """Two 0s joined by a pen's trailing stroke are one piece of ink, but two digits: with a
+    model sure that every piece it is shown is a 0, the shape alone must split them."""
+    img = Image.new("L", (300, 200), 255)
+    draw = ImageDraw.Draw(img)
+    draw.ellipse([50, 50, 115, 150], outline=0, width=10)
+    draw.ellipse([123, 50, 188, 150], outline=0, width=10)
+    draw.line([(110, 110), (128, 104)], fill=0, width=3)
+    ink = reading.ink.read_ink(img)
+    assert reading.ink.label_pieces(ink.mask)[1] == 1
+    digits = reading.segment.split_number(ink, lambda batch: torch.eye(10)[[0] * len(batch)])
+    assert len(digits) == 2
+    (a0, _, a1, _), (b0, _, b1, _) = digits[0].box, digits[1].box
+    assert b1 > a1
+    assert a0 < b0 and abs(a1 - 116) < 10 and abs(b0 - 122) < 10
+
+
+def test_cut_paths_cross_a_thin_stroke_rather_than_all_run_round_it():
+    """Paths from different starts stay different. Going round a stroke one pixel thick that
+    ends 12-20 columns away costs ANCHOR times 144-400 column-rows, more than the one pixel of ink
+    it saves, so each path crosses it on its own start (a mere tie-break would send all three
+    round its end, into one path). A paper column right beside the start is still taken."""
+    cost = np.zeros((40, 40))
+    cost[20, :24] = 1.0  # from the left edge to column 23
+    paths = reading.cuts.cheapest_paths(cost, [4, 8, 12], 20)
+    assert [set(path) for path in paths] == [{4}, {8}, {12}]
+    cost[:, 9] = 1.0  # a stroke down the start column (and through row 20's stroke at column 8,
+    cost[:, 8] = 0.0  # cleared here), a paper column beside it: the path goes there
+    (path,) = reading.cuts.cheapest_paths(cost, [9], 4)
+    assert (cost[np.arange(40), path] == 0).all()
+
+
+def test_a_digit_says_whether_it_is_all_the_ink():
+    """all_ink lets the app take a one-digit number's reading for the whole picture's, so it
+    must hold exactly when the digit's input is the one preprocess_image makes."""
+    def classify(batch):
+        return torch.full((len(batch), 10), 0.1)
+    img, _ = number_picture([7])
+    [seven] = reading.segment.find_digits(img, classify)
+    assert seven.all_ink and torch.equal(seven.tensor, reading.digit_input.preprocess_image(img))
+    # A blot too small to be a digit beside it is still ink of the picture, read as one digit.
+    ImageDraw.Draw(img).ellipse([134, 94, 146, 106], fill=0)
+    [seven] = reading.segment.find_digits(img, classify)
+    assert not seven.all_ink
+    assert not torch.equal(seven.tensor, reading.digit_input.preprocess_image(img))
+    img, _ = number_picture([5, 7])
+    assert [d.all_ink for d in reading.segment.find_digits(img, classify)] == [False, False]
