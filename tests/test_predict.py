@@ -1,12 +1,17 @@
 """Tests of predict.py: reading digits and numbers with a model, the errors for every bad input,
 and the command line. No trained model is needed: where a test needs a model that really
 reads digits, a small one is trained for one epoch on 3000 MNIST images (a few seconds)."""
+import ast
 import io
+import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+import textwrap
 import warnings
+from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
@@ -18,6 +23,8 @@ import predict  # conftest.py puts the repository root on sys.path
 from mnist_cnn_model import CNN
 from reading.digit_input import MNIST_MEAN, MNIST_STD
 from reading.ink import read_ink
+from reading.models import metadata_path, sha256_of
+from reading.number_model import NumberReader
 from reading.segment import digit_groups
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,9 +34,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_predictions_are_an_int_and_ten_probabilities(small_model, tmp_path, mnist_test):
     images, labels = mnist_test
+    assert labels[0] == 7
     path = save(Image.fromarray(images[0]), tmp_path / "seven.png")
     digit = predict.predict_user_input(small_model, path)
-    assert type(digit) is int and 0 <= digit <= 9
+    assert type(digit) is int and digit == 7
     again, probs = predict.predict_with_probabilities(small_model, path)
     assert again == digit and len(probs) == 10
     assert sum(probs) == pytest.approx(1, abs=1e-5) and probs[digit] == max(probs)
@@ -214,6 +222,13 @@ def test_top_k_lists_the_k_likeliest_digits(small_model_weights, tmp_path, capsy
     percents = [float(r.split("(")[1].rstrip("%)")) for r in ranked]
     assert len(set(digits)) == 3 and percents == sorted(percents, reverse=True)
     assert sum(percents) <= 100.1
+    # The first is the one answer printed without --top-k, and the probabilities are the model's.
+    assert predict.main([path, "--weights", small_model_weights]) == 0
+    assert capsys.readouterr().out.strip() == f"{path}: {ranked[0]}"
+    digit, probs = predict.predict_with_probabilities(predict.load_model(small_model_weights), path)
+    likeliest = sorted(range(10), key=lambda d: -probs[d])[:3]
+    assert digits == likeliest and digits[0] == digit
+    assert percents == [round(100 * probs[d], 1) for d in likeliest]
     with pytest.raises(SystemExit):
         predict.main([path, "--top-k", "0"])
 
@@ -315,3 +330,77 @@ def test_weights_that_are_not_numbers_are_refused(tmp_path, bad):
     torch.save(state, path)
     with pytest.raises(predict.BadWeightsError, match="not numbers"):
         predict.load_model(path)
+
+
+def test_weights_whose_bytes_differ_from_the_recorded_sha256_are_refused(small_model_weights, tmp_path):
+    """Training records the weights' SHA-256 in the .json beside them: weights replaced or damaged
+    since are refused, even though they load as weights."""
+    path = tmp_path / "model.pt"
+    shutil.copy(small_model_weights, path)
+    with open(metadata_path(str(path)), "w") as f:
+        json.dump({"weights_sha256": sha256_of(path)}, f)
+    predict.load_model(path)  # as recorded: loads
+    state = predict.load_model(path).state_dict()
+    state["fc1.bias"][0] += 1.0
+    torch.save(state, path)
+    with pytest.raises(predict.BadWeightsError, match="does not match the SHA-256"):
+        predict.load_model(path)
+    os.remove(metadata_path(str(path)))
+    predict.load_model(path)  # no record, nothing to check against
+
+
+def docstring_example(doc):
+    """The indented Python example under "From Python" in a module docstring, dedented."""
+    lines = doc.split("From Python", 1)[1].split("\n")[1:]
+    start = next(i for i, line in enumerate(lines) if line.startswith("    "))
+    end = next((i for i in range(start, len(lines)) if lines[i].strip() and not lines[i].startswith("    ")),
+               len(lines))
+    return textwrap.dedent("\n".join(lines[start:end]))
+
+
+def test_the_python_example_in_the_docstring_runs(small_model_weights, tmp_path, mnist_test, monkeypatch):
+    """predict.py's example, exactly as written, in a folder laid out as after training both models
+    (the number reader here untrained: the example must run, not read well)."""
+    images, labels = mnist_test
+    shutil.copy(small_model_weights, tmp_path / "mnist_cnn.pt")
+    torch.manual_seed(0)
+    torch.save(NumberReader().state_dict(), tmp_path / "number_reader.pt")
+    (tmp_path / "samples").mkdir()
+    save(Image.fromarray(255 - images[0]).convert("RGB"), tmp_path / "samples" / "digit.jpg", quality=95)
+    save(mnist_number(images, [0, 1, 2]).convert("RGB"), tmp_path / "samples" / "number.jpg", quality=95)
+    example = docstring_example(predict.__doc__)
+    ast.parse(example)
+    monkeypatch.chdir(tmp_path)
+    names = {}
+    with redirect_stdout(io.StringIO()) as out:
+        exec(example, names)  # noqa: S102 (the example is this repository's own docstring)
+    assert names["digit"] == labels[0] and len(names["probs"]) == 10
+    assert isinstance(names["number"], str) and names["number"].isdigit()
+    cut = predict.predict_digits(names["model"], "samples/number.jpg")
+    assert out.getvalue().splitlines() == [f"{d.digit} {d.box}" for d in cut]
+
+
+def test_reading_loads_nothing_of_training(small_model_weights, tmp_path):
+    """Reading pictures needs no training code, progress bars, plotting or process pools: none of
+    them is among the modules that importing predict and loading both models add to those torch
+    itself loads (torch.hub imports tqdm where it is installed)."""
+    torch.save(NumberReader().state_dict(), tmp_path / "reader.pt")
+    code = textwrap.dedent("""
+        import sys, torch
+        before = set(sys.modules)
+        import predict
+        imported = set(sys.modules) - before
+        predict.load_model(sys.argv[1]), predict.load_reader(sys.argv[2])
+        print(repr([sorted(imported), sorted(set(sys.modules) - before)]))
+    """)
+    result = subprocess.run([sys.executable, "-c", code, small_model_weights, str(tmp_path / "reader.pt")],
+                            check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    imported, loaded = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    assert "predict" in imported and "reading.segment" in imported
+
+    def unwanted(modules):
+        return [m for m in modules if m.split(".")[0] in ("training", "tqdm", "matplotlib", "torchvision")
+                or m == "concurrent.futures.process"]
+    assert unwanted(imported) == [] and "mnist_cnn_model" not in imported
+    assert unwanted(loaded) == []
