@@ -1,7 +1,7 @@
 """
 How well does predict.py read digits as people really hand them in?
 
-    python benchmarks/bench_predict.py                    # 500 images per kind, a few minutes on 2 cores
+    python benchmarks/bench_predict.py                    # 500 images per kind
     python benchmarks/bench_predict.py --per-kind 100     # quicker
     python benchmarks/bench_predict.py --keep bench_images  # keep the generated images to look at
 
@@ -259,67 +259,80 @@ def printed_lines(kind, ink, size, rng):
 
 def make_image(kind, digit28, rng):
     """(file bytes, file extension) of one user-style image of the digit."""
-    if kind == "mnist":
-        buf = io.BytesIO()
-        Image.fromarray(digit28).save(buf, "PNG")
-        return buf.getvalue(), ".png"
-    if kind in ("photo", "chalkboard"):
-        width = int(rng.integers(480, 1601))
-        height = width * 3 // 4
-        if rng.random() < 0.5:
-            width, height = height, width
-        size = int(min(width, height) * rng.uniform(0.15, 0.7))
-        ink = place(written(digit28, size), height, width, rng)
-        ink = ink * rng.uniform(0.8, 1.0)
-        if kind == "photo":
-            paper = np.array([rng.uniform(0.85, 1.0), rng.uniform(0.8, 1.0), rng.uniform(0.65, 0.95)])
-            pen = np.array([0.1, 0.1, rng.uniform(0.1, 0.45)]) * rng.uniform(0.3, 1.0)
-            light = lighting(height, width, rng, rng.uniform(0.45, 0.75), 1.0)
-        else:
-            paper = np.array([0.12, rng.uniform(0.12, 0.25), 0.15])
-            pen = np.array([0.9, 0.9, 0.85]) * rng.uniform(0.7, 1.0)
-            light = lighting(height, width, rng, rng.uniform(0.5, 0.8), 1.0)
-        rgb = (paper * (1 - ink[..., None]) + pen * ink[..., None]) * light[..., None]
-        return finish_photo(rgb, rng), ".jpg"
-    if kind in ("form", "ruled"):
-        width = int(rng.integers(480, 1201))
-        height = width * 3 // 4
-        size = int(height * rng.uniform(0.25, 0.6))
-        ink = place(written(digit28, size), height, width, rng) * rng.uniform(0.8, 1.0)
-        lines = printed_lines(kind, ink, size, rng)
+    makers = {"mnist": lambda kind, digit28, rng: _png(digit28), "photo": _photo, "chalkboard": _photo, "form": _printed,
+              "ruled": _printed, "transparent": _transparent, "thick": _pen, "thin": _pen}
+    if kind not in makers:
+        raise ValueError(f"unknown kind {kind}")
+    return makers[kind](kind, digit28, rng)
+
+
+def _png(array, mode=None):
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, "PNG")
+    return buf.getvalue(), ".png"
+
+
+def _photo(kind, digit28, rng):
+    """A phone photo of ink on paper (photo) or of chalk on a board (chalkboard)."""
+    width = int(rng.integers(480, 1601))
+    height = width * 3 // 4
+    if rng.random() < 0.5:
+        width, height = height, width
+    size = int(min(width, height) * rng.uniform(0.15, 0.7))
+    ink = place(written(digit28, size), height, width, rng)
+    ink = ink * rng.uniform(0.8, 1.0)
+    if kind == "photo":
         paper = np.array([rng.uniform(0.85, 1.0), rng.uniform(0.8, 1.0), rng.uniform(0.65, 0.95)])
         pen = np.array([0.1, 0.1, rng.uniform(0.1, 0.45)]) * rng.uniform(0.3, 1.0)
-        printed = np.array([0.2, 0.2, 0.25]) if kind == "form" else np.array([0.55, 0.7, 0.95])
-        rgb = paper * (1 - lines[..., None]) + printed * lines[..., None]
-        rgb = rgb * (1 - ink[..., None]) + pen * ink[..., None]
-        light = lighting(height, width, rng, rng.uniform(0.55, 0.8), 1.0)
-        return finish_photo(rgb * light[..., None], rng), ".jpg"
-    if kind == "transparent":
-        side = int(rng.integers(200, 601))
-        size = int(side * rng.uniform(0.4, 0.9))
-        ink = place(written(digit28, size), side, side, rng)
-        colours = [(0, 0, 0), (255, 255, 255), (30, 60, 200), (200, 30, 30)]
-        colour = colours[rng.integers(len(colours))]
-        unused = 255 * int(rng.integers(2))  # what the transparent pixels happen to store
-        rgba = np.empty((side, side, 4), np.uint8)
-        rgba[..., :3] = np.where(ink[..., None] > 0, colour, unused)
-        rgba[..., 3] = np.round(ink * 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(rgba, "RGBA").save(buf, "PNG")
-        return buf.getvalue(), ".png"
-    if kind in ("thick", "thin"):
-        side = int(rng.integers(300, 1001))
-        size = int(side * rng.uniform(0.3, 0.8))
-        if kind == "thick":
-            ink = marker(digit28, size, rng.uniform(0.16, 0.22))
-        else:
-            ink = fine_pen(digit28, size, rng.uniform(0.015, 0.04))
-        ink = place(ink, side, side, rng)
-        grey = (255 * (1 - ink)).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(grey).save(buf, "PNG")
-        return buf.getvalue(), ".png"
-    raise ValueError(f"unknown kind {kind}")
+        light = lighting(height, width, rng, rng.uniform(0.45, 0.75), 1.0)
+    else:
+        paper = np.array([0.12, rng.uniform(0.12, 0.25), 0.15])
+        pen = np.array([0.9, 0.9, 0.85]) * rng.uniform(0.7, 1.0)
+        light = lighting(height, width, rng, rng.uniform(0.5, 0.8), 1.0)
+    rgb = (paper * (1 - ink[..., None]) + pen * ink[..., None]) * light[..., None]
+    return finish_photo(rgb, rng), ".jpg"
+
+
+def _printed(kind, digit28, rng):
+    """The photo kind written in a form (form) or on lined or squared paper (ruled)."""
+    width = int(rng.integers(480, 1201))
+    height = width * 3 // 4
+    size = int(height * rng.uniform(0.25, 0.6))
+    ink = place(written(digit28, size), height, width, rng) * rng.uniform(0.8, 1.0)
+    lines = printed_lines(kind, ink, size, rng)
+    paper = np.array([rng.uniform(0.85, 1.0), rng.uniform(0.8, 1.0), rng.uniform(0.65, 0.95)])
+    pen = np.array([0.1, 0.1, rng.uniform(0.1, 0.45)]) * rng.uniform(0.3, 1.0)
+    printed = np.array([0.2, 0.2, 0.25]) if kind == "form" else np.array([0.55, 0.7, 0.95])
+    rgb = paper * (1 - lines[..., None]) + printed * lines[..., None]
+    rgb = rgb * (1 - ink[..., None]) + pen * ink[..., None]
+    light = lighting(height, width, rng, rng.uniform(0.55, 0.8), 1.0)
+    return finish_photo(rgb * light[..., None], rng), ".jpg"
+
+
+def _transparent(kind, digit28, rng):
+    """Strokes on a transparent canvas, black, white or coloured."""
+    side = int(rng.integers(200, 601))
+    size = int(side * rng.uniform(0.4, 0.9))
+    ink = place(written(digit28, size), side, side, rng)
+    colours = [(0, 0, 0), (255, 255, 255), (30, 60, 200), (200, 30, 30)]
+    colour = colours[rng.integers(len(colours))]
+    unused = 255 * int(rng.integers(2))  # what the transparent pixels happen to store
+    rgba = np.empty((side, side, 4), np.uint8)
+    rgba[..., :3] = np.where(ink[..., None] > 0, colour, unused)
+    rgba[..., 3] = np.round(ink * 255).astype(np.uint8)
+    return _png(rgba, "RGBA")
+
+
+def _pen(kind, digit28, rng):
+    """A marker (thick) or a fine pen (thin), dark on white."""
+    side = int(rng.integers(300, 1001))
+    size = int(side * rng.uniform(0.3, 0.8))
+    if kind == "thick":
+        ink = marker(digit28, size, rng.uniform(0.16, 0.22))
+    else:
+        ink = fine_pen(digit28, size, rng.uniform(0.015, 0.04))
+    ink = place(ink, side, side, rng)
+    return _png((255 * (1 - ink)).astype(np.uint8))
 
 
 def naive_tensor(path):
@@ -331,72 +344,62 @@ def naive_tensor(path):
 
 # ---------------------------------------------------------------------------------------------
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", default=os.path.join(REPO, "mnist_cnn.pt"))
+    parser.add_argument("--weights", default=os.path.join(REPO, "mnist_cnn.pt"),
+                        help="weights to measure (default: mnist_cnn.pt)")
     parser.add_argument("--per-kind", type=int, default=500, help="images per kind (default: 500)")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds to run")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", default=os.path.join(REPO, "data"))
-    parser.add_argument("--keep", metavar="DIR", help="write the images here and keep them")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help="comma-separated kinds to run (default: all of them)")
+    parser.add_argument("--seed", type=int, default=0, help="picks the digits and their pictures (default: 0)")
+    parser.add_argument("--data-dir", default=os.path.join(REPO, "data"),
+                        help="where MNIST is (default: data/)")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="write the images here and keep them (default: a temporary folder)")
     args = parser.parse_args(argv)
-    kinds = args.kinds.split(",")
-    for kind in kinds:
+    args.kinds = args.kinds.split(",")
+    for kind in args.kinds:
         if kind not in KINDS:
             parser.error(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+    return args
 
-    try:
-        model = predict.load_model(args.weights)
-    except predict.PredictError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    images, labels = load_mnist_test(args.data_dir)
-    picked = np.random.default_rng(args.seed).permutation(len(images))[:args.per_kind]
 
-    tmp = None if args.keep else tempfile.TemporaryDirectory()
-    root = args.keep or tmp.name
-    rows = []
-    folder_files = folder_seconds = 0
-    try:
-        for kind in kinds:
-            folder = os.path.join(root, kind)
-            os.makedirs(folder, exist_ok=True)
-            truth = {}
-            t0 = time.perf_counter()
-            for n, i in enumerate(picked):
-                rng = np.random.default_rng([args.seed, KINDS.index(kind), int(i)])
-                data, ext = make_image(kind, images[i], rng)
-                path = os.path.join(folder, f"{n:05d}_{labels[i]}{ext}")
-                with open(path, "wb") as f:
-                    f.write(data)
-                truth[path] = int(labels[i])
-            made = time.perf_counter() - t0
+def write_kind(folder, kind, picked, images, labels, seed):
+    """Writes one picture of the kind per picked MNIST digit; returns {path: its digit}."""
+    os.makedirs(folder, exist_ok=True)
+    truth = {}
+    for n, i in enumerate(picked):
+        rng = np.random.default_rng([seed, KINDS.index(kind), int(i)])
+        data, ext = make_image(kind, images[i], rng)
+        path = os.path.join(folder, f"{n:05d}_{labels[i]}{ext}")
+        with open(path, "wb") as f:
+            f.write(data)
+        truth[path] = int(labels[i])
+    return truth
 
-            ours = naive = failed = 0
-            for path, label in truth.items():
-                try:
-                    ours += predict.predict_user_input(model, path) == label
-                except predict.PredictError:
-                    failed += 1
-                with torch.no_grad():
-                    naive += int(model(naive_tensor(path)[None]).argmax()) == label
 
-            # The folder the way the command line does it: batched, printing a line per image.
-            t0 = time.perf_counter()
-            with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-                predict.main([folder, "--weights", args.weights])
-            seconds = time.perf_counter() - t0
-            folder_files += len(truth)
-            folder_seconds += seconds
-            total = len(truth)
-            rows.append((kind, 100 * ours / total, 100 * naive / total, failed, total / seconds))
-            print(f"{kind}: ours {100 * ours / total:.1f}%, naive {100 * naive / total:.1f}%, "
-                  f"no digit found {failed}, folder {total / seconds:.0f} images/s "
-                  f"(made in {made:.0f} s)", file=sys.stderr, flush=True)
-    finally:
-        if tmp:
-            tmp.cleanup()
+def score(model, truth):
+    """(right by predict_user_input, right by the naive resize, pictures it found no digit in)."""
+    ours = naive = failed = 0
+    for path, label in truth.items():
+        try:
+            ours += predict.predict_user_input(model, path) == label
+        except predict.PredictError:
+            failed += 1
+        with torch.no_grad():
+            naive += int(model(naive_tensor(path)[None]).argmax()) == label
+    return ours, naive, failed
 
+
+def folder_seconds(folder, weights):
+    """How long `python predict.py FOLDER` takes on the folder: batched, a line per image."""
+    t0 = time.perf_counter()
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        predict.main([folder, "--weights", weights])
+    return time.perf_counter() - t0
+
+
+def print_table(args, rows, files, seconds):
     print(f"\n{args.per_kind} images per kind from the MNIST test set, seed {args.seed}, "
           f"weights {os.path.relpath(args.weights)}; {platform.machine()} CPU, "
           f"{os.cpu_count()} cores, torch {torch.__version__}\n")
@@ -404,8 +407,42 @@ def main(argv=None):
     print("|---|---:|---:|---:|")
     for kind, ours, naive, failed, rate in rows:
         print(f"| {kind} | {ours:.1f}% | {naive:.1f}% | {rate:.0f} |")
-    print(f"\nAll kinds: {folder_files / folder_seconds:.0f} images/s for a folder "
+    print(f"\nAll kinds: {files / seconds:.0f} images/s for a folder "
           f"(`python predict.py FOLDER`, model loading included).")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        model = predict.load_model(args.weights)
+    except predict.PredictError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    images, labels = load_mnist_test(args.data_dir)
+    picked = np.random.default_rng(args.seed).permutation(len(images))[:args.per_kind]
+    tmp = None if args.keep else tempfile.TemporaryDirectory()
+    root = args.keep or tmp.name
+    rows = []
+    all_files = all_seconds = 0
+    try:
+        for kind in args.kinds:
+            folder = os.path.join(root, kind)
+            t0 = time.perf_counter()
+            truth = write_kind(folder, kind, picked, images, labels, args.seed)
+            made = time.perf_counter() - t0
+            ours, naive, failed = score(model, truth)
+            seconds = folder_seconds(folder, args.weights)
+            total = len(truth)
+            all_files += total
+            all_seconds += seconds
+            rows.append((kind, 100 * ours / total, 100 * naive / total, failed, total / seconds))
+            print(f"{kind}: ours {100 * ours / total:.1f}%, naive {100 * naive / total:.1f}%, "
+                  f"no digit found {failed}, folder {total / seconds:.0f} images/s "
+                  f"(made in {made:.0f} s)", file=sys.stderr, flush=True)
+    finally:
+        if tmp:
+            tmp.cleanup()
+    print_table(args, rows, all_files, all_seconds)
     return 0
 
 
