@@ -1,7 +1,7 @@
 """
 How well does predict.py read whole handwritten numbers?
 
-    python benchmarks/bench_numbers.py --weights mnist_cnn.pt        # 200 numbers per kind, ~2 min
+    python benchmarks/bench_numbers.py --weights mnist_cnn.pt        # 200 numbers per kind
     python benchmarks/bench_numbers.py --per-kind 50                 # quicker
     python benchmarks/bench_numbers.py --keep number_images          # keep the pictures to look at
     python benchmarks/bench_numbers.py --reader number_reader.pt     # also with the number reader
@@ -147,26 +147,65 @@ def digits_right(read, truth):
     return max(0, len(truth) - row[-1])
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=os.path.join(REPO, "mnist_cnn.pt"),
                         help="weights to measure (default: mnist_cnn.pt)")
     parser.add_argument("--reader", help="the number reader to measure beside cutting alone "
                         "(default: number_reader.pt if it exists)")
     parser.add_argument("--per-kind", type=int, default=200, help="numbers per kind (default: 200)")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds to run")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help="comma-separated kinds to run (default: all of them)")
     parser.add_argument("--seed", type=int, default=0, help="picks the digits and their layout (default: 0)")
-    parser.add_argument("--data-dir", default=os.path.join(REPO, "data"))
-    parser.add_argument("--keep", metavar="DIR", help="write the pictures here and keep them")
+    parser.add_argument("--data-dir", default=os.path.join(REPO, "data"), help="where MNIST is (default: data/)")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="write the pictures here and keep them (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.per_kind < 1:
         parser.error("--per-kind must be at least 1")
     if args.seed < 0:
         parser.error("--seed must not be negative")
-    kinds = args.kinds.split(",")
-    for kind in kinds:
+    args.kinds = args.kinds.split(",")
+    for kind in args.kinds:
         if kind not in KINDS:
             parser.error(f"unknown kind {kind!r}; choose from {', '.join(KINDS)}")
+    return args
+
+
+def run_kind(args, kind, folder, images, labels, model, ways):
+    """Writes the kind's numbers to folder and reads each every way; a table row per way."""
+    os.makedirs(folder, exist_ok=True)
+    low, high = {"spaced": (3, 7), "tight": (4, 6), "canvas": (2, 5)}[kind]
+    whole, right, seconds = [0] * len(ways), [0] * len(ways), [0.0] * len(ways)
+    digits_total = 0
+    for n in range(args.per_kind):
+        rng = np.random.default_rng([args.seed, KINDS.index(kind), n])
+        picked = rng.choice(len(images), size=int(rng.integers(low, high + 1)), replace=False)
+        truth = "".join(str(labels[i]) for i in picked)
+        data, ext = make_number(kind, [images[i] for i in picked], rng)
+        path = os.path.join(folder, f"{n:04d}_{truth}{ext}")
+        with open(path, "wb") as f:
+            f.write(data)
+        digits_total += len(truth)
+        for w, (way, way_reader) in enumerate(ways):
+            t0 = time.perf_counter()
+            read = read_number(model, path, way_reader)
+            seconds[w] += time.perf_counter() - t0
+            whole[w] += read == truth
+            right[w] += digits_right(read, truth)
+            if read != truth and args.keep:
+                print(f"  {os.path.basename(path)} ({way}): read {read}", file=sys.stderr)
+    rows = []
+    for w, (way, _) in enumerate(ways):
+        rows.append((kind, way, 100 * whole[w] / args.per_kind, 100 * right[w] / digits_total,
+                     1000 * seconds[w] / args.per_kind))
+        print(f"{kind}, {way}: whole numbers {rows[-1][2]:.1f}%, digits {rows[-1][3]:.1f}%, "
+              f"{rows[-1][4]:.0f} ms a picture", file=sys.stderr, flush=True)
+    return rows
+
+
+def main(argv=None):
+    args = parse_args(argv)
     try:
         model = predict.load_model(args.weights)
         default_reader = os.path.join(REPO, predict.DEFAULT_READER)
@@ -176,44 +215,16 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 1
     images, labels = load_mnist_test(args.data_dir)
-
     ways = [("cutting alone", None)] + ([("with the reader", reader)] if reader is not None else [])
     tmp = None if args.keep else tempfile.TemporaryDirectory()
     root = args.keep or tmp.name
     rows = []
     try:
-        for kind in kinds:
-            folder = os.path.join(root, kind)
-            os.makedirs(folder, exist_ok=True)
-            low, high = {"spaced": (3, 7), "tight": (4, 6), "canvas": (2, 5)}[kind]
-            whole, right, seconds = [0] * len(ways), [0] * len(ways), [0.0] * len(ways)
-            digits_total = 0
-            for n in range(args.per_kind):
-                rng = np.random.default_rng([args.seed, KINDS.index(kind), n])
-                picked = rng.choice(len(images), size=int(rng.integers(low, high + 1)), replace=False)
-                truth = "".join(str(labels[i]) for i in picked)
-                data, ext = make_number(kind, [images[i] for i in picked], rng)
-                path = os.path.join(folder, f"{n:04d}_{truth}{ext}")
-                with open(path, "wb") as f:
-                    f.write(data)
-                digits_total += len(truth)
-                for w, (way, way_reader) in enumerate(ways):
-                    t0 = time.perf_counter()
-                    read = read_number(model, path, way_reader)
-                    seconds[w] += time.perf_counter() - t0
-                    whole[w] += read == truth
-                    right[w] += digits_right(read, truth)
-                    if read != truth and args.keep:
-                        print(f"  {os.path.basename(path)} ({way}): read {read}", file=sys.stderr)
-            for w, (way, _) in enumerate(ways):
-                rows.append((kind, way, 100 * whole[w] / args.per_kind, 100 * right[w] / digits_total,
-                             1000 * seconds[w] / args.per_kind))
-                print(f"{kind}, {way}: whole numbers {rows[-1][2]:.1f}%, digits {rows[-1][3]:.1f}%, "
-                      f"{rows[-1][4]:.0f} ms a picture", file=sys.stderr, flush=True)
+        for kind in args.kinds:
+            rows += run_kind(args, kind, os.path.join(root, kind), images, labels, model, ways)
     finally:
         if tmp:
             tmp.cleanup()
-
     print(f"\n{args.per_kind} numbers per kind from the MNIST test set, seed {args.seed}, weights "
           f"{os.path.relpath(args.weights)}"
           f"{f', number reader {os.path.relpath(reader_path)}' if reader is not None else ''}; "
