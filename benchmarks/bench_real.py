@@ -1,7 +1,7 @@
 """
 How well does predict.py read real handwriting by writers who are not MNIST's?
 
-    python benchmarks/bench_real.py --weights mnist_cnn.pt          # 3823 digits, twice; about a minute
+    python benchmarks/bench_real.py --weights mnist_cnn.pt          # 3823 digits, twice
     python benchmarks/bench_real.py --keep real_images               # keep the pictures to look at
 
 The digits are UCI optdigits (data/optdigits/, 30 writers, written on forms and scanned), which
