@@ -2,7 +2,7 @@
 Train the number reader: a small network that reads a whole row of handwritten digits at once,
 for digits written so close that their strokes touch, which cutting them apart reads poorly.
 
-    python number_reader.py                 # about 9 minutes on 2 CPU cores; saves number_reader.pt
+    python number_reader.py                 # saves number_reader.pt
     python number_reader.py --numbers 20000 --epochs 4   # quicker, reads touching digits less well
 
 predict.py and app.py use number_reader.pt when it is there (python predict.py photo.jpg --number).
@@ -23,25 +23,20 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from reading.models import DEFAULT_READER
 from reading.number_model import BLANK, NumberReader, batch_lines, decode
-from training.loop import StopRequest, autocast, keep_freed_memory, native_bf16, pick_device
+from training.arguments import check_numbers, check_writable, training_device, training_precision
+from training.loop import StopRequest, autocast, keep_freed_memory, progress_bar, run_epoch
 from training.mnist_data import DataError, load_digits
 from training.run_files import atomic_save
 from training.synthetic_numbers import synthetic_numbers_parallel
 
-DEFAULT_WEIGHTS = "number_reader.pt"
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
 
 def batches_by_width(lines, batch_size, rng):
     """Index arrays of batch_size lines of similar width (little padding), in random order."""
@@ -51,34 +46,25 @@ def batches_by_width(lines, batch_size, rng):
     return chunks
 
 
-def train_epoch(model, optimizer, scheduler, lines, digits, batch_size, rng, device, precision,
-                progress=None, should_stop=lambda: False):
-    """One pass over the lines. Returns the mean CTC loss per line, or None when should_stop()
-    turned true (checked after every batch)."""
-    model.train()
-    total = 0.0
-    for idx in batches_by_width(lines, batch_size, rng):
+def train(model, optimizer, scheduler, lines, digits, batch_size, rng, device, precision,
+          progress=None, should_stop=lambda: False):
+    """One pass over the lines. Returns the mean CTC loss per line, None when should_stop()
+    turned true, or a loss that is not finite when training diverged."""
+    def loss_of(idx):
         x, columns = batch_lines([lines[i] for i in idx])
         targets = torch.tensor([d for i in idx for d in digits[i]])
         lengths = torch.tensor([len(digits[i]) for i in idx])
         with autocast(device, precision):
             log_probs = model(x.to(device, memory_format=torch.channels_last))
-        loss = F.ctc_loss(log_probs.float().transpose(0, 1), targets, columns, lengths, blank=BLANK,
+        return F.ctc_loss(log_probs.float().transpose(0, 1), targets, columns, lengths, blank=BLANK,
                           zero_infinity=True)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total += loss.item() * len(idx)
-        if progress is not None:
-            progress.update(len(idx))
-        if should_stop():
-            return None
-    return total / len(lines)
+
+    return run_epoch(model, optimizer, scheduler, batches_by_width(lines, batch_size, rng), loss_of,
+                     len(lines), progress, should_stop)
 
 
 @torch.no_grad()
-def evaluate(model, lines, digits, device, precision="fp32"):
+def test(model, lines, digits, device, precision="fp32"):
     """The fraction of lines read exactly right (every digit, none missing or extra)."""
     model.eval()
     right = 0
@@ -102,33 +88,16 @@ def parse_args(argv=None):
     parser.add_argument("--test-numbers", type=int, default=2000,
                         help="numbers written from MNIST test digits to measure on (default: 2000)")
     parser.add_argument("--data-dir", default="data", help="folder holding MNIST/raw (default: data)")
-    parser.add_argument("--weights", default=DEFAULT_WEIGHTS,
-                        help=f"where to save the trained state_dict (default: {DEFAULT_WEIGHTS})")
+    parser.add_argument("--weights", default=DEFAULT_READER,
+                        help=f"where to save the trained state_dict (default: {DEFAULT_READER})")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="as in mnist_cnn_model.py: bf16 where the hardware runs it natively (default: auto)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda, then mps, then cpu)")
     args = parser.parse_args(argv)
-    for name in ("numbers", "epochs", "batch_size", "test_numbers"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if not args.lr > 0:
-        parser.error(f"--lr must be positive, got {args.lr}")
-    try:
-        args.device = pick_device(args.device)
-    except RuntimeError:
-        parser.error(f"--device {args.device!r} is not a device name (try cpu, cuda or mps)")
-    if (args.device.type == "cuda" and not torch.cuda.is_available()) or \
-            (args.device.type == "mps" and not torch.backends.mps.is_available()):
-        parser.error(f"--device {args.device} is not available on this machine")
-    if args.precision == "auto":
-        args.precision = "bf16" if native_bf16(args.device) else "fp32"
-    folder = os.path.dirname(os.path.abspath(args.weights))
-    try:  # find an unwritable folder now, not after the training
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        parser.error(f"cannot write to {folder}: {e.strerror}")
+    check_numbers(parser, args, at_least_one=("numbers", "epochs", "batch_size", "test_numbers"), positive=("lr",))
+    args.device = training_device(parser, args.device)
+    args.precision = training_precision(parser, args.precision, args.device)
+    check_writable(parser, os.path.dirname(os.path.abspath(args.weights)))
     return args
 
 
@@ -150,8 +119,8 @@ def main(argv=None):
           f"{args.device} in {'bf16 mixed precision' if args.precision == 'bf16' else 'fp32'}", flush=True)
 
     torch.manual_seed(args.seed)
-    # Channels-last, as the CNN trains: oneDNN's pooling and convolutions run 25-40% faster a step
-    # that way than in PyTorch's default layout (measured on 2 Xeon cores in bf16).
+    # Channels-last, as the CNN trains: oneDNN's pooling and convolutions run faster that way than
+    # in PyTorch's default layout.
     model = NumberReader().to(args.device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -161,16 +130,15 @@ def main(argv=None):
     stop.install()
     for epoch in range(1, args.epochs + 1):
         start = time.perf_counter()
-        with tqdm(total=len(lines), desc=f"Epoch {epoch}/{args.epochs}", unit="number", leave=False,
-                  disable=None, dynamic_ncols=True) as progress:
-            loss = train_epoch(model, optimizer, scheduler, lines, digits, args.batch_size, rng,
-                               args.device, args.precision, progress, stop)
+        with progress_bar(len(lines), f"Epoch {epoch}/{args.epochs}", "number") as bar:
+            loss = train(model, optimizer, scheduler, lines, digits, args.batch_size, rng,
+                         args.device, args.precision, bar, stop)
         if loss is None:
             sys.exit(f"Stopped in epoch {epoch}; {args.weights} was not written (start again to train).")
         if not math.isfinite(loss):
             sys.exit(f"Error: training diverged in epoch {epoch} (the loss became NaN or infinite); "
                      f"{args.weights} was not written; start again with a lower --lr than {args.lr:g}.")
-        accuracy = evaluate(model, test_lines, test_digits, args.device, args.precision)
+        accuracy = test(model, test_lines, test_digits, args.device, args.precision)
         print(f"Epoch {epoch}/{args.epochs}: loss {loss:.4f}, test numbers read right {100 * accuracy:.1f}%, "
               f"{time.perf_counter() - start:.0f}s", flush=True)
     try:

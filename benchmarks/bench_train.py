@@ -2,9 +2,9 @@
 Whole-process training time of this project against the usual per-sample DataLoader recipe, run
 side by side on the same machine, with the same model, hyper-parameters and epochs.
 
-    python benchmarks/bench_train.py                    # 10 epochs each: ~7 minutes on 2 cores
+    python benchmarks/bench_train.py                    # 10 epochs each
     python benchmarks/bench_train.py --epochs 2         # a quick look
-    python benchmarks/bench_train.py --epochs 1 --limit 2000   # checks that it runs, in a minute
+    python benchmarks/bench_train.py --epochs 1 --limit 2000   # checks that it runs
     python benchmarks/bench_train.py --seeds 1 2 3 --skip-baseline   # accuracy over seeds
 
 Each contender runs in its own process (start-up, data loading and evaluation included), one

@@ -1,7 +1,11 @@
+import builtins
+import errno
+import io
 import os
 
 import pytest
 import torch
+from train_support import restore_signal_handlers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,19 +41,19 @@ def mnist_test(mnist_test_set):
 def train_weights(tmp_path_factory, mnist_train_set):
     """train_weights(count, augment=False): the path of weights trained for one epoch on the first
     count MNIST training images, seeded, so every run gets the same model."""
-    from mnist_cnn_model import CNN, train_epoch
+    from mnist_cnn_model import CNN, train
 
-    def train(count, augment=False):
+    def trained(count, augment=False):
         images, labels = mnist_train_set
         torch.manual_seed(0)
         model = CNN()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        train_epoch(model, optimizer, images[:count], labels[:count], 64,
-                    torch.Generator().manual_seed(0), augment=augment)
+        train(model, optimizer, images[:count], labels[:count], 64, torch.Generator().manual_seed(0),
+              augment=augment)
         path = tmp_path_factory.mktemp("weights") / f"{count}{'-augment' if augment else ''}.pt"
         torch.save(model.state_dict(), path)
         return str(path)
-    return train
+    return trained
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +66,40 @@ def small_model_weights(train_weights):
 def small_model(small_model_weights):
     from predict import load_model
     return load_model(small_model_weights)
+
+
+class NearlyFullDisk(io.FileIO):
+    """A file on a disk with `room` bytes left: the write that reaches the end fails with ENOSPC
+    after writing what fits, as on a real full disk."""
+    room = 1000
+
+    def write(self, data):
+        n = min(len(data), self.room)
+        if n == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= n
+        return super().write(bytes(data[:n]))
+
+
+@pytest.fixture
+def disk_full_at(monkeypatch):
+    """disk_full_at(name, nth): the nth time a file called name is written (through its temporary
+    name), the disk is nearly full. Every writer of the run (torch.save, json, matplotlib) opens
+    its files with builtins.open."""
+    real_open = builtins.open
+
+    def install(name, nth=1):
+        seen = []
+
+        def fake_open(file, mode="r", *args, **kwargs):
+            base = os.path.basename(file) if isinstance(file, (str, os.PathLike)) else ""
+            if "w" in mode and base.startswith(name + ".") and base.endswith(".tmp"):
+                seen.append(base)
+                if len(seen) == nth:
+                    buffered = io.BufferedWriter(NearlyFullDisk(file, "w"))
+                    return buffered if "b" in mode else io.TextIOWrapper(buffered, encoding=kwargs.get("encoding"))
+            return real_open(file, mode, *args, **kwargs)
+        monkeypatch.setattr(builtins, "open", fake_open)
+        return seen
+    yield install
+    restore_signal_handlers()

@@ -102,7 +102,7 @@ def test_training_lowers_the_ctc_loss(mnist_test):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     rng = np.random.default_rng(0)
     device = torch.device("cpu")
-    losses = [number_reader.train_epoch(model, optimizer, scheduler, lines, digits, 32, rng, device, "fp32")
+    losses = [number_reader.train(model, optimizer, scheduler, lines, digits, 32, rng, device, "fp32")
               for _ in range(4)]
     assert all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < 0.8 * losses[0]

@@ -1,5 +1,5 @@
-"""The training loop's machinery, shared by mnist_cnn_model.py and number_reader.py: precision,
-memory, stopping on Ctrl-C.
+"""The training loop and its machinery, shared by mnist_cnn_model.py and number_reader.py: the
+epoch, its progress bar, precision, memory, stopping on Ctrl-C.
 """
 import contextlib
 import ctypes
@@ -8,17 +8,43 @@ import signal
 import sys
 
 import torch
+from tqdm import tqdm
 
 
-def pick_device(name=None):
-    if name is None:
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    return torch.device(name)
+def run_epoch(model, optimizer, scheduler, batches, loss_of, count, progress=None, should_stop=lambda: False):
+    """One pass of training: for each batch (indices of its items) a step on loss_of(batch), the
+    mean loss over its items. Returns the mean loss per item of the count there are, or None when
+    should_stop() turned true (checked after every batch, a safe point to stop at). A loss that
+    turns NaN or infinite ends the pass early, within 50 batches, and the returned loss is then
+    not finite."""
+    model.train()
+    total_loss = torch.zeros((), device=next(model.parameters()).device)
+    for step, batch in enumerate(batches):
+        loss = loss_of(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        # Accumulate on the device: reading loss.item() every batch would stall a GPU.
+        total_loss += loss.detach() * len(batch)
+        if progress is not None:
+            progress.update(len(batch))
+            if step % 50 == 0:
+                progress.set_postfix(loss=f"{loss.item():.4f}")
+        # Once a loss is NaN or infinite, so is the running sum (losses are never negative), so
+        # looking at it every 50 batches catches every one without a sync per batch.
+        if step % 50 == 49 and not torch.isfinite(total_loss):
+            break
+        if should_stop():
+            return None
+    return total_loss.item() / count
+
+
+def progress_bar(total, desc, unit, unit_scale=False):
+    """The bar an epoch updates: on a terminal only, and gone once the epoch is over."""
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, leave=False, disable=None,
+                dynamic_ncols=True)
 
 
 def native_bf16(device):
@@ -44,8 +70,8 @@ def native_bf16(device):
 def keep_freed_memory():
     """Ask glibc's malloc to reuse freed memory instead of returning it to the system. A training
     step frees and reallocates megabyte-sized activations and gradients; by default glibc hands
-    many of them back and the next step faults the pages in again: 1 to 4 ms of kernel time per
-    step on the 2-core CPU here, none with this. The numbers computed do not change."""
+    many of them back and the next step faults the pages in again, in kernel time. The numbers
+    computed do not change."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
@@ -86,6 +112,3 @@ class StopRequest:
     def install(self):
         signal.signal(signal.SIGINT, self.handle)
         signal.signal(signal.SIGTERM, self.handle)
-
-
-# ---------------------------------------------------------------------------------------------

@@ -85,22 +85,20 @@ def read_idx(path):
     return torch.frombuffer(data, dtype=torch.uint8, offset=4 + 4 * ndim).view(shape)
 
 
-def load_mnist(data_dir, train, device="cpu"):
-    """The whole MNIST split as normalised tensors: images (N, 1, 28, 28) float32, labels (N,)."""
+def load_digits(data_dir, train):
+    """The MNIST split as stored: images (uint8 N x 28 x 28) and labels (uint8 N) as NumPy arrays."""
     prepare_mnist(data_dir)
     # Read directly rather than through torchvision's MNIST class: importing torchvision takes
     # longer than reading the files, and these are the same bytes (prepare_mnist checked them).
     prefix = os.path.join(data_dir, "MNIST", "raw", "train" if train else "t10k")
-    images = read_idx(f"{prefix}-images-idx3-ubyte")
-    labels = read_idx(f"{prefix}-labels-idx1-ubyte").long()
-    # In place: the same arithmetic, without two more copies of the 188 MB training set.
-    images = images.unsqueeze(1).float().div_(255).sub_(MNIST_MEAN).div_(MNIST_STD)
-    return images.to(device), labels.to(device)
-
-
-def load_digits(data_dir, train):
-    """MNIST images (uint8 N x 28 x 28) and labels as NumPy arrays."""
-    prepare_mnist(data_dir)
-    prefix = os.path.join(data_dir, "MNIST", "raw", "train" if train else "t10k")
     return (read_idx(f"{prefix}-images-idx3-ubyte").numpy(),
             read_idx(f"{prefix}-labels-idx1-ubyte").numpy())
+
+
+def load_mnist(data_dir, train, device="cpu"):
+    """The MNIST split as the CNN learns from it: images (N, 1, 28, 28) float32, normalised, and
+    labels (N,) int64."""
+    images, labels = (torch.from_numpy(a) for a in load_digits(data_dir, train))
+    # In place: the same arithmetic, without two more copies of the 188 MB training set.
+    images = images.unsqueeze(1).float().div_(255).sub_(MNIST_MEAN).div_(MNIST_STD)
+    return images.to(device), labels.long().to(device)
