@@ -41,4 +41,3 @@ def atomic_write_json(obj, path):
             json.dump(obj, f, indent=2)
             f.write("\n")
     atomic_write(path, write)
-
