@@ -6,8 +6,8 @@ Draw digits in your browser and watch the model read them as you draw; or ask it
     curl --data-binary @photo.jpg http://127.0.0.1:8000/api/predict
 
 Train first (`python mnist_cnn_model.py`; `python number_reader.py` too, for digits drawn so
-close that they touch: number_reader.pt is used when it is there). The page (app.html) is one
-file with plain JavaScript and CSS and needs no network. The API:
+close that they touch: the number reader, number_reader.pt, is used when it is there). The page
+(app.html) is one file with plain JavaScript and CSS and needs no network. The API:
 
     GET  /api/health    {"status": "ok"}
     POST /api/predict   body: an image file's bytes (any format Pillow reads), at most 10 MB
@@ -16,9 +16,12 @@ file with plain JavaScript and CSS and needs no network. The API:
                         400 not an image, 408 over 30 s to arrive, 413 too large,
                         422 no ink, 500 unexpected: {"error": "<one sentence>"}
 
-Every request goes through the same preprocess.py / predict.py code as the command line, so the
-page and `python predict.py` never disagree about a picture. Pictures are read in --workers
-processes at once (one per CPU core by default), each with its own copy of the model.
+Every request is read by the same reading/ code as `python predict.py`, so the page and the
+command line never disagree about a picture. Pictures are read in --workers worker processes at
+once (one per CPU core by default), each with its own copy of the model and the number reader.
+
+The parts, in order: reading one uploaded picture, the worker processes, the web app, and the
+command line (main).
 """
 import argparse
 import asyncio
@@ -45,7 +48,7 @@ from PIL import Image, ImageDraw
 from starlette.requests import ClientDisconnect
 
 import predict
-from reading.digit_input import MNIST_MEAN, MNIST_STD, to_mnist
+from reading.digit_input import grey_levels, to_mnist
 from reading.images import open_file
 from reading.ink import read_ink
 
@@ -55,18 +58,18 @@ MAX_BODY = 10 * 1024 * 1024
 # A photo crosses a local network in well under a second; an upload that stalls for this long
 # would otherwise hold its connection open for good.
 UPLOAD_SECONDS = 30
-# Each reader process holds its own torch and model (a few hundred MB); a page for people to draw
-# on gains little past four.
+# Each worker process holds its own torch and models in memory, and a page for people to draw on
+# needs few of them.
 MAX_WORKERS = 4
 
 log = logging.getLogger("app")
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading an uploaded picture
+# Reading one uploaded picture
 
 def open_upload(data):
-    """The request body as a PIL image (not yet decoded; predict's open_image does that).
+    """The request body as a PIL image (not yet decoded; reading.images.open_image does that).
     Raises NotAnImageError with a sentence a user can act on."""
     if not data:
         raise predict.NotAnImageError("The request body is empty: send the bytes of an image file.")
@@ -76,21 +79,10 @@ def open_upload(data):
     return open_file(io.BytesIO(data), "The request body")
 
 
-async def _body(request):
-    """The request body, or None once it is over MAX_BODY."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            return None
-    return bytes(body)
-
-
 def seen_levels(tensor):
     """The normalised 1x28x28 tensor the model read, as 784 grey levels 0-255 row by row: what
     the page draws so the user sees what the model saw."""
-    grey = (tensor[0] * MNIST_STD + MNIST_MEAN).clamp(0, 1)
-    return (grey * 255).round().to(torch.uint8).flatten().tolist()
+    return (grey_levels(tensor[0]) * 255).round().to(torch.uint8).flatten().tolist()
 
 
 def read_picture(model, data, reader=None):
@@ -110,8 +102,7 @@ def read_picture(model, data, reader=None):
         digit, probabilities = readings[0].digit, readings[0].probabilities
     else:
         # (When both readings fail, the sentence given is this one's, as when it came first.)
-        whole = predict.predict_batch(model, [to_mnist(ink.levels, ink.mask,
-                                                                  ink.name)])[0]
+        whole = predict.predict_batch(model, [to_mnist(ink.levels, ink.mask, ink.name)])[0]
         digit, probabilities = int(whole.argmax()), whole.tolist()
     if failure is not None:
         raise failure
@@ -126,57 +117,41 @@ def read_picture(model, data, reader=None):
 
 def warm_up(model, reader=None):
     """Read one small drawing, so that the first picture a person sends does not pay for the
-    set-up torch, NumPy and SciPy do on their first call (its answer would come several times
-    slower than the next ones')."""
+    set-up torch, NumPy and SciPy do on their first call."""
     img = Image.new("L", (120, 80), 255)
     ImageDraw.Draw(img).line([(40, 15), (80, 15), (55, 65)], fill=0, width=8)
     buf = io.BytesIO()
     img.save(buf, "PNG")
     try:
         read_picture(model, buf.getvalue(), reader)
-    except Exception as error:  # only the first answer's speed is at stake: serve regardless
+    except Exception as error:  # noqa: BLE001  (only the first answer's speed is at stake: serve)
         log.warning("Reading a first drawing at start-up failed (%s); serving anyway.", error)
 
 
-def _sentence(error):
-    # predict's messages name "the image" mid-sentence; an answer on its own starts with a capital.
-    text = str(error)
-    return text[:1].upper() + text[1:]
-
-
-def error_response(status, message):
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def too_large():
-    return error_response(413, f"The image is larger than {MAX_BODY // (1024 * 1024)} MB: "
-                               f"send a smaller file.")
-
-
 # ---------------------------------------------------------------------------------------------
-# Reader processes: reading a picture is Python work that holds the GIL, so threads of one
+# Worker processes: reading a picture is Python work that holds the GIL, so threads of one
 # process read one picture at a time however many cores there are.
 
-_reader_models = None  # in a reader process, its copy of the model and of the number reader
+_worker_models = None  # in a worker process, its copy of the model and of the number reader
 
 
-def _start_reader(pickled_models, ready):
-    global _reader_models
+def _start_worker(pickled_models, ready):
+    global _worker_models
     # One process per core already keeps the cores busy; more threads would only fight them.
     torch.set_num_threads(1)
-    _reader_models = pickle.loads(pickled_models)
-    warm_up(*_reader_models)
+    _worker_models = pickle.loads(pickled_models)
+    warm_up(*_worker_models)
     _spare_from_garbage_collection()
-    # The server stops its readers, but if it is killed they must not linger: the pipe they
-    # were started through closes when it ends, whatever ends it.
+    # The server stops its worker processes, but if it is killed they must not linger: the pipe
+    # they were started through closes when it ends, whatever ends it.
     threading.Thread(target=_exit_with_server, daemon=True).start()
-    ready.wait()  # the server announces its address once every reader has its model
+    ready.wait()  # the server announces its address once every worker has its models
 
 
 def _spare_from_garbage_collection():
-    # torch, NumPy and FastAPI leave hundreds of thousands of objects that live as long as the
-    # process; the first full garbage collection that walks them all stalls a request by a
-    # tenth of a second or more. Set them aside: only objects made later are collected.
+    # torch, NumPy and FastAPI leave a great many objects that live as long as the process; the
+    # first full garbage collection that walks them all would stall a request. Set them aside:
+    # only objects made later are collected.
     gc.collect()
     gc.freeze()
 
@@ -186,15 +161,15 @@ def _exit_with_server():
     os._exit(0)
 
 
-def _read_in_reader(data):
-    model, reader = _reader_models
+def _read_in_worker(data):
+    model, reader = _worker_models
     return read_picture(model, data, reader)
 
 
-class Readers:
-    """count processes that read pictures in parallel, each with its own copy of model (and of
-    the number reader, when given). If one dies (killed, out of memory), its request fails with a
-    500 and a fresh set is started."""
+class WorkerPool:
+    """count worker processes that read pictures in parallel, each with its own copy of model
+    (and of the number reader, when given). If one dies (killed, out of memory), its request
+    fails with a 500 and a fresh set is started."""
 
     def __init__(self, model, count, reader=None):
         self.pickled_models = pickle.dumps((model, reader))
@@ -203,9 +178,9 @@ class Readers:
 
     def _start(self):
         context = multiprocessing.get_context("spawn")  # fork would copy the server's threads
-        pool = ProcessPoolExecutor(self.count, context, initializer=_start_reader,
+        pool = ProcessPoolExecutor(self.count, context, initializer=_start_worker,
                                    initargs=(self.pickled_models, context.Barrier(self.count)))
-        # Ctrl-C in a terminal reaches every process of its group; the readers ignore it (they
+        # Ctrl-C in a terminal reaches every process of its group; the workers ignore it (they
         # inherit that while they are started here) and are stopped by the server instead.
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
@@ -218,17 +193,17 @@ class Readers:
         return pool, started
 
     def wait_until_ready(self):
-        """The readers' process ids, once all have loaded the model; raises BrokenProcessPool
+        """The worker processes' ids, once all have loaded the models; raises BrokenProcessPool
         if one failed to start."""
         return [future.result() for future in self.started]
 
     async def read(self, data):
         pool = self.pool
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, _read_in_reader, data)
+            return await asyncio.get_running_loop().run_in_executor(pool, _read_in_worker, data)
         except BrokenProcessPool:
             if pool is self.pool:
-                log.error("A reader process died; starting them again")
+                log.error("A worker process died; starting them again")
                 self.pool, self.started = self._start()
                 pool.shutdown(wait=False)
             raise
@@ -238,7 +213,7 @@ class Readers:
 
 
 def default_workers():
-    """One reader per CPU core this process may run on, at most MAX_WORKERS."""
+    """One worker process per CPU core this process may run on, at most MAX_WORKERS."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS and Windows have no affinity call
@@ -249,12 +224,55 @@ def default_workers():
 # ---------------------------------------------------------------------------------------------
 # The web app
 
-def create_app(model, readers=None, reader=None):
-    """The FastAPI app serving the page and the API: with an already loaded model (and number
-    reader, when given) in this process's worker threads, or in readers (a Readers) when given."""
+def error_response(status, message):
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _sentence(error):
+    # predict's messages name "the image" mid-sentence; an answer on its own starts with a capital.
+    text = str(error)
+    return text[:1].upper() + text[1:]
+
+
+def too_large():
+    return error_response(413, f"The image is larger than {MAX_BODY // (1024 * 1024)} MB: "
+                               f"send a smaller file.")
+
+
+async def _body(request):
+    """The request body, or None once it is over MAX_BODY."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            return None
+    return bytes(body)
+
+
+async def receive_upload(request):
+    """The request body's bytes, or the Response that refuses it."""
+    # Refuse an announced oversize body before reading any of it, and count the bytes of a
+    # chunked one (no Content-Length) as they arrive, so no client can make us hold more.
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        return too_large()
+    try:
+        body = await asyncio.wait_for(_body(request), UPLOAD_SECONDS)
+    except TimeoutError:  # what asyncio.wait_for raises (Python 3.11 and later)
+        return error_response(408, f"The picture took over {UPLOAD_SECONDS} s to arrive: send it "
+                                   f"again.")
+    except ClientDisconnect:  # nobody is left to answer, and nothing went wrong here
+        return Response(status_code=400)
+    return too_large() if body is None else body
+
+
+def create_app(model, workers=None, reader=None):
+    """The FastAPI app serving the page and the API: pictures are read with an already loaded
+    model (and number reader, when given) in this process's worker threads, or in workers (a
+    WorkerPool) when given."""
     # No /docs or /redoc: FastAPI's pages for them load scripts from a CDN, and this app must
     # work with no network.
-    app = FastAPI(title="MNIST digit reader", docs_url=None, redoc_url=None)
+    app = FastAPI(title="MNIST digit recogniser", docs_url=None, redoc_url=None)
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -267,25 +285,14 @@ def create_app(model, readers=None, reader=None):
 
     @app.post("/api/predict")
     async def read(request: Request):
-        # Refuse an announced oversize body before reading any of it, and count the bytes of a
-        # chunked one (no Content-Length) as they arrive, so no client can make us hold more.
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
-            return too_large()
-        try:
-            body = await asyncio.wait_for(_body(request), UPLOAD_SECONDS)
-        except asyncio.TimeoutError:
-            return error_response(408, f"The picture took over {UPLOAD_SECONDS} s to arrive: send "
-                                       f"it again.")
-        except ClientDisconnect:  # nobody is left to answer, and nothing went wrong here
-            return Response(status_code=400)
-        if body is None:
-            return too_large()
+        body = await receive_upload(request)
+        if isinstance(body, Response):
+            return body
         try:
             # Preprocessing and the network are CPU work: in a worker thread or process the
             # event loop stays free to accept and answer other requests meanwhile.
-            if readers is not None:
-                answer = await readers.read(body)
+            if workers is not None:
+                answer = await workers.read(body)
             else:
                 answer = await run_in_threadpool(read_picture, model, body, reader)
         except predict.NoDigitError as error:
@@ -296,8 +303,8 @@ def create_app(model, readers=None, reader=None):
             log.exception("Reading a picture failed unexpectedly")
             return error_response(500, "The server failed to read this picture; the details "
                                        "are in its log.")
-        # The answer holds only JSON's own types: returned as a dict, FastAPI would walk its
-        # thousand values through jsonable_encoder first (2 ms a request) to the same bytes.
+        # The answer holds only JSON's own types: returned as a dict, FastAPI would first walk
+        # its thousand values through jsonable_encoder, to the same bytes.
         return JSONResponse(answer)
 
     return app
@@ -349,9 +356,9 @@ def parse_args(argv=None):
     parser.add_argument("--port", type=int, default=8000,
                         help="port to listen on, 0 for any free one (default: 8000)")
     parser.add_argument("--workers", type=int, default=default_workers(), metavar="N",
-                        help=f"processes reading pictures at once; 1 reads them in the server's "
-                             f"own process (default: one per CPU core, at most {MAX_WORKERS}: "
-                             f"{default_workers()} here)")
+                        help=f"worker processes reading pictures at once; 1 reads them in the "
+                             f"server's own process (default: one per CPU core, at most "
+                             f"{MAX_WORKERS}: {default_workers()} here)")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be between 0 and 65535, not {args.port}")
@@ -360,13 +367,34 @@ def parse_args(argv=None):
     return args
 
 
+def load_models(weights, reader_weights):
+    """(the CNN, the number reader or None): the number reader from reader_weights, or from
+    DEFAULT_READER when that file is there. Raises PredictError."""
+    model = predict.load_model(weights)
+    if reader_weights or os.path.exists(predict.DEFAULT_READER):
+        return model, predict.load_reader(reader_weights or predict.DEFAULT_READER)
+    return model, None
+
+
+def serve(sock, app):
+    """Serve app on sock until Ctrl-C or `kill`."""
+    # uvicorn's access log would print a line for every stroke drawn; warnings and errors only.
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    _spare_from_garbage_collection()  # the app's own routes and models included
+    print(f"Open {url_of(sock)} in your browser to draw digits (Ctrl-C stops the server).",
+          flush=True)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn shuts down cleanly on Ctrl-C (or `kill`), then raises it again for the caller:
+        # done.
+        pass
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
-        model = predict.load_model(args.weights)
-        reader = None
-        if args.reader or os.path.exists(predict.DEFAULT_READER):
-            reader = predict.load_reader(args.reader or predict.DEFAULT_READER)
+        model, reader = load_models(args.weights, args.reader)
     except predict.PredictError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -376,44 +404,32 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 1
     # Requests are served by several threads at once; one intra-op thread each keeps them from
-    # fighting over the cores (this network reads one image in about a millisecond anyway).
+    # fighting over the cores (one small picture gains nothing from more).
     torch.set_num_threads(1)
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
-    readers = None
+    workers = None
     try:
         if args.workers > 1:
-            readers = Readers(model, args.workers, reader)
+            workers = WorkerPool(model, args.workers, reader)
             try:
-                readers.wait_until_ready()
+                workers.wait_until_ready()
             except BrokenProcessPool:
-                print(f"error: the {args.workers} reader processes could not start; try "
+                print(f"error: the {args.workers} worker processes could not start; try "
                       f"--workers 1.", file=sys.stderr)
                 return 1
         else:
             warm_up(model, reader)
-        # uvicorn's access log would print a line for every stroke drawn; warnings and errors
-        # only.
-        config = uvicorn.Config(create_app(model, readers, reader), log_level="warning",
-                                access_log=False)
-        _spare_from_garbage_collection()  # the app's own routes and models included
-        print(f"Open {url_of(sock)} in your browser to draw digits (Ctrl-C stops the server).",
-              flush=True)
-        try:
-            uvicorn.Server(config).run(sockets=[sock])
-        except KeyboardInterrupt:
-            # uvicorn shuts down cleanly on Ctrl-C (or `kill`), then raises it again for the
-            # caller: done.
-            pass
+        serve(sock, create_app(model, workers, reader))
     finally:
         sock.close()
-        if readers is not None:
-            readers.close()
+        if workers is not None:
+            workers.close()
     print("Server stopped.")
     return 0
 
 
 if __name__ == "__main__":
-    # `kill` stops the server as Ctrl-C does: requests in flight are answered, the reader
+    # `kill` stops the server as Ctrl-C does: requests in flight are answered, the worker
     # processes stopped, exit status 0.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
