@@ -24,22 +24,34 @@ import subprocess
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 import httpx
 import numpy as np
+from bench_predict import load_mnist_test  # benchmarks/, the script's own folder, is on sys.path
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from bench_predict import load_mnist_test  # noqa: E402  (benchmarks/ is the script's folder)
-
 CANVAS = (480, 320)  # the page's drawing pad, in canvas pixels
 
 
+class Drawing(NamedTuple):
+    png: bytes  # the body posted
+    number: str  # the number it shows
+
+
+class LoadRun(NamedTuple):
+    latencies: np.ndarray  # of each request, in seconds
+    errors: int  # answers other than a 200, and requests that failed
+    right: int  # answers that were the number drawn
+    wall: float  # seconds from the first request sent to the last answer
+
+
 def canvas_drawings(images, labels, digits, count, seed, reduce=2):
-    """count PNGs of `digits` MNIST test digits side by side on the page's pad, each 150-230
-    pixels high (in pad pixels), and the number each shows. The page sends its pad at half its
-    resolution (reduce=2, each pixel the average of the four it covers); reduce=1 keeps it whole."""
+    """count Drawings of `digits` MNIST test digits side by side on the page's pad, each 150-230
+    pixels high (in pad pixels). The page sends its pad at half its resolution (reduce=2, each
+    pixel the average of the four it covers); reduce=1 keeps it whole."""
     rng = np.random.default_rng(seed)
     drawings = []
     for _ in range(count):
@@ -53,7 +65,7 @@ def canvas_drawings(images, labels, digits, count, seed, reduce=2):
             x += height
         buf = io.BytesIO()
         canvas.convert("RGB").reduce(reduce).save(buf, "PNG")
-        drawings.append((buf.getvalue(), "".join(str(int(labels[i])) for i in picks)))
+        drawings.append(Drawing(buf.getvalue(), "".join(str(int(labels[i])) for i in picks)))
     return drawings
 
 
@@ -80,8 +92,8 @@ def cpu_model():
 
 
 def run_clients(url, drawings, clients, requests, seconds):
-    """(latencies in seconds, errors, right answers, wall time): clients threads posting drawings
-    in turn until requests are sent or seconds have passed."""
+    """A LoadRun of clients threads posting drawings in turn until requests are sent or seconds
+    have passed."""
     lock = threading.Lock()
     sent = [0]
     latencies, errors, right = [], [0], [0]
@@ -93,11 +105,11 @@ def run_clients(url, drawings, clients, requests, seconds):
                 with lock:
                     if sent[0] >= requests or time.perf_counter() >= deadline:
                         return
-                    body, number = drawings[sent[0] % len(drawings)]
+                    drawing = drawings[sent[0] % len(drawings)]
                     sent[0] += 1
                 start = time.perf_counter()
                 try:
-                    response = http.post(url + "api/predict", content=body)
+                    response = http.post(url + "api/predict", content=drawing.png)
                     ok = response.status_code == 200
                     answer = response.json().get("number") if ok else None
                 except httpx.HTTPError:
@@ -106,10 +118,10 @@ def run_clients(url, drawings, clients, requests, seconds):
                 with lock:
                     latencies.append(elapsed)
                     errors[0] += not ok
-                    right[0] += answer == number
+                    right[0] += answer == drawing.number
 
-    # Made before any request is timed: making one loads certificates (tens of milliseconds,
-    # holding the interpreter lock), which would stall the threads already posting.
+    # Made before any request is timed: making one loads certificates while holding the
+    # interpreter lock, which would stall the threads already posting.
     threads = [threading.Thread(target=client, args=(httpx.Client(timeout=30),))
                for _ in range(clients)]
     start = time.perf_counter()
@@ -117,7 +129,7 @@ def run_clients(url, drawings, clients, requests, seconds):
         t.start()
     for t in threads:
         t.join()
-    return np.array(latencies), errors[0], right[0], time.perf_counter() - start
+    return LoadRun(np.array(latencies), errors[0], right[0], time.perf_counter() - start)
 
 
 def parse_args(argv=None):
@@ -158,23 +170,23 @@ def main(argv=None):
     process, url = start_server(args.weights)
     try:
         # The first requests pay for lazy set-up (thread pool, caches): not what a user waits.
-        # As many clients as will be timed, so that every reader process gets its share.
+        # As many clients as will be timed, so that every worker process gets its share.
         run_clients(url, drawings, args.clients, args.warmup, args.seconds)
-        latencies, errors, right, wall = run_clients(url, drawings, args.clients, args.requests,
-                                                     args.seconds)
+        run = run_clients(url, drawings, args.clients, args.requests, args.seconds)
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
-    ms = 1000 * np.percentile(latencies, [50, 95, 100])
+    ms = 1000 * np.percentile(run.latencies, [50, 95, 100])
     kind = "single-digit" if args.digits == 1 else f"{args.digits}-digit"
     print(f"app.py at {url}, weights {os.path.relpath(args.weights)}: {args.clients} clients "
           f"posting {kind} {CANVAS[0] // reduce}x{CANVAS[1] // reduce} canvas PNGs")
-    print(f"requests: {len(latencies)} in {wall:.1f} s, {len(latencies) / wall:.1f} requests/s, "
-          f"errors: {errors}, right number: {right}/{len(latencies)}")
+    count = len(run.latencies)
+    print(f"requests: {count} in {run.wall:.1f} s, {count / run.wall:.1f} requests/s, "
+          f"errors: {run.errors}, right number: {run.right}/{count}")
     print(f"latency: p50 {ms[0]:.1f} ms, p95 {ms[1]:.1f} ms, max {ms[2]:.1f} ms")
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"load average before the run {load_before:.2f} (the clients share the machine)")
-    return 1 if errors else 0
+    return 1 if run.errors else 0
 
 
 if __name__ == "__main__":
