@@ -12,6 +12,7 @@ and figures go to runs/<timestamp>/.
 """
 import argparse
 import math
+import os
 import sys
 import time
 from typing import NamedTuple
@@ -102,8 +103,6 @@ class Settings(NamedTuple):
 
 
 def parse_args(argv=None):
-    import os
-
     from training.arguments import check_numbers, check_writable, training_device, training_precision
     from training.cnn_run import new_run_dir, resumed_run
 
