@@ -25,3 +25,7 @@ class WeightsNotFoundError(PredictError, FileNotFoundError):
 class BadWeightsError(PredictError, ValueError):
     """The file is not a PyTorch weights file, holds weights of another architecture, or holds
     values that are not numbers (NaN or infinity)."""
+
+
+class DeviceNameError(PredictError, ValueError):
+    """The device asked for is not a device name at all (as opposed to one not available here)."""

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from reading.digit_input import to_line_input
-from reading.errors import BadWeightsError, PredictError, WeightsNotFoundError
+from reading.errors import BadWeightsError, DeviceNameError, PredictError, WeightsNotFoundError
 from reading.number_model import NumberReader, batch_lines, decode, log_likelihood
 from reading.segment import LineReading
 
@@ -121,7 +121,7 @@ def resolve_device(device):
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise PredictError(f"{device!r} is not a device name (use cpu, cuda, cuda:N or mps).") from error
+        raise DeviceNameError(f"{device!r} is not a device name (use cpu, cuda, cuda:N or mps).") from error
     if device.type not in ("cpu", "cuda", "mps"):
         raise PredictError(f"{str(device)!r} is not a device this can read pictures on (use cpu, "
                            f"cuda, cuda:N or mps).")

@@ -6,7 +6,7 @@ import tempfile
 
 import torch
 
-from reading.errors import PredictError
+from reading.errors import DeviceNameError, PredictError
 from reading.models import resolve_device
 from training.loop import native_bf16
 
@@ -32,9 +32,9 @@ def training_device(parser, name=None):
         return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     try:
         return resolve_device(name)
-    except PredictError as error:
-        if error.__cause__ is not None:  # torch.device() itself refused the name
-            parser.error(f"--device {name!r} is not a device name (try cpu, cuda or mps)")
+    except DeviceNameError:
+        parser.error(f"--device {name!r} is not a device name (try cpu, cuda or mps)")
+    except PredictError:
         parser.error(f"--device {name} is not available on this machine")
 
 
