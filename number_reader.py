@@ -6,7 +6,7 @@ for digits written so close that their strokes touch, which cutting them apart r
     python number_reader.py --numbers 20000 --epochs 4   # quicker, reads touching digits less well
 
 predict.py and app.py use number_reader.pt when it is there (python predict.py photo.jpg --number).
-Without it they read numbers by cutting alone (segment.py), which is as good for digits with space
+Without it they read numbers by cutting alone (reading/segment.py), which is as good for digits with space
 between them.
 
 It learns from numbers it writes itself out of MNIST training digits: 1-7 digits of sizes +-15%,

@@ -79,7 +79,7 @@ def _centred(ink):
 
 def number_pieces(images, labels, generator):
     """(not_digits, still_digits) made from a batch of normalised images, like the pieces that
-    predict.py's number reader (segment.py) tries when it cuts digits that touch, so that the
+    predict.py (reading/cuts.py) tries when it cuts digits that touch, so that the
     model can learn to be unsure of the first and to still read the second:
     - not_digits: each image with another one touching or crossing it by up to 3 columns on its
       right, the pair shrunk to fit 20 pixels wide; or, for digits other than 1 whose ink spans
@@ -87,7 +87,7 @@ def number_pieces(images, labels, generator):
     - still_digits: each image with 2-6 columns of another's edge touching it on one side; or,
       where at least 4 columns of ink stay, with 1-3 columns of its own ink cut off one side.
     Each is moved sideways to centre its ink, but not rescaled as predict.py would rescale it:
-    a close imitation (training on the very pieces segment.py cuts did no better)."""
+    a close imitation is enough."""
     ink, other, u = _piece_draws(images, generator)
     return _not_digits(ink, other, u, labels), _still_digits(ink, other, u)
 
