@@ -38,25 +38,18 @@ import torch
 from PIL import Image
 
 from reading.digit_input import preprocess_image, to_mnist
-from reading.errors import (  # noqa: F401
-    BadWeightsError,
-    ImageNotFoundError,
-    NoDigitError,
-    NotAnImageError,
-    PredictError,
-    WeightsNotFoundError,
-)
+from reading.errors import (BadWeightsError, ImageNotFoundError, NoDigitError, NotAnImageError, PredictError,
+                            WeightsNotFoundError)
 from reading.figures import has_display, number_confidence, pyplot, show_number, show_prediction
 from reading.ink import read_ink
-from reading.models import (
-    DEFAULT_READER,
-    DEFAULT_WEIGHTS,
-    load_model,
-    load_reader,
-    predict_batch,
-    read_row,
-)
+from reading.models import DEFAULT_READER, DEFAULT_WEIGHTS, load_model, load_reader, predict_batch, read_row
 from reading.segment import count_digits, split_number
+
+# What users import from here; the errors and the loaders live in reading/.
+__all__ = ["load_model", "load_reader", "predict_user_input", "predict_with_probabilities", "predict_number",
+           "predict_digits", "read_digits", "preprocess_image", "number_confidence", "DigitReading",
+           "DEFAULT_WEIGHTS", "DEFAULT_READER", "PredictError", "WeightsNotFoundError", "BadWeightsError",
+           "ImageNotFoundError", "NotAnImageError", "NoDigitError"]
 
 # Edit this to point at your own image, then run `python predict.py`.
 image_path = "samples/digit.jpg"
