@@ -3,6 +3,7 @@ import errno
 import io
 import os
 
+import numpy as np
 import pytest
 import torch
 from train_support import restore_signal_handlers
@@ -29,12 +30,11 @@ def mnist_train_set():
 
 
 @pytest.fixture(scope="session")
-def mnist_test(mnist_test_set):
+def mnist_test():
     """The MNIST test digits as stored (uint8, N x 28 x 28, white on black) and their labels."""
-    from reading.digit_input import MNIST_MEAN, MNIST_STD
-    images, labels = mnist_test_set
-    pixels = ((images[:, 0] * MNIST_STD + MNIST_MEAN) * 255).round().to(torch.uint8)
-    return pixels.numpy(), labels.numpy()
+    from training.mnist_data import load_digits
+    images, labels = load_digits(os.path.join(ROOT, "data"), train=False)
+    return images, labels.astype(np.int64)
 
 
 @pytest.fixture(scope="session")
