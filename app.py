@@ -18,7 +18,7 @@ close that they touch: the number reader, number_reader.pt, is used when it is t
 
 Every request is read by the same reading/ code as `python predict.py`, so the page and the
 command line never disagree about a picture. Pictures are read in --workers worker processes at
-once (one per CPU core by default), each with its own copy of the model and the number reader.
+once (by default one per CPU core, at most MAX_WORKERS), each with its own copy of the model and the number reader.
 
 The parts, in order: reading one uploaded picture, the worker processes, the web app, and the
 command line (main).
@@ -51,6 +51,7 @@ import predict
 from reading.digit_input import grey_levels, to_mnist
 from reading.images import open_file
 from reading.ink import read_ink
+from reading.models import reader_weights
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.html")
 # A phone photo is a few MB; ten is plenty and bounds the memory one request can take.
@@ -101,7 +102,7 @@ def read_picture(model, data, reader=None):
         # input in the same forward pass of one, so the same answer, computed once.
         digit, probabilities = readings[0].digit, readings[0].probabilities
     else:
-        # (When both readings fail, the sentence given is this one's, as when it came first.)
+        # (When both readings fail, the sentence given is this one's.)
         whole = predict.predict_batch(model, [to_mnist(ink.levels, ink.mask, ink.name)])[0]
         digit, probabilities = int(whole.argmax()), whole.tolist()
     if failure is not None:
@@ -258,7 +259,7 @@ async def receive_upload(request):
         return too_large()
     try:
         body = await asyncio.wait_for(_body(request), UPLOAD_SECONDS)
-    except TimeoutError:  # what asyncio.wait_for raises (Python 3.11 and later)
+    except asyncio.TimeoutError:  # the built-in TimeoutError from Python 3.11 on; not before
         return error_response(408, f"The picture took over {UPLOAD_SECONDS} s to arrive: send it "
                                    f"again.")
     except ClientDisconnect:  # nobody is left to answer, and nothing went wrong here
@@ -266,10 +267,10 @@ async def receive_upload(request):
     return too_large() if body is None else body
 
 
-def create_app(model, workers=None, reader=None):
+def create_app(model, pool=None, reader=None):
     """The FastAPI app serving the page and the API: pictures are read with an already loaded
-    model (and number reader, when given) in this process's worker threads, or in workers (a
-    WorkerPool) when given."""
+    model (and number reader, when given) in this process's threads, or by the worker processes
+    of pool (a WorkerPool) when given."""
     # No /docs or /redoc: FastAPI's pages for them load scripts from a CDN, and this app must
     # work with no network.
     app = FastAPI(title="MNIST digit recogniser", docs_url=None, redoc_url=None)
@@ -291,8 +292,8 @@ def create_app(model, workers=None, reader=None):
         try:
             # Preprocessing and the network are CPU work: in a worker thread or process the
             # event loop stays free to accept and answer other requests meanwhile.
-            if workers is not None:
-                answer = await workers.read(body)
+            if pool is not None:
+                answer = await pool.read(body)
             else:
                 answer = await run_in_threadpool(read_picture, model, body, reader)
         except predict.NoDigitError as error:
@@ -367,13 +368,12 @@ def parse_args(argv=None):
     return args
 
 
-def load_models(weights, reader_weights):
-    """(the CNN, the number reader or None): the number reader from reader_weights, or from
+def load_models(weights, given_reader):
+    """(the CNN, the number reader or None): the number reader from given_reader, or from
     DEFAULT_READER when that file is there. Raises PredictError."""
     model = predict.load_model(weights)
-    if reader_weights or os.path.exists(predict.DEFAULT_READER):
-        return model, predict.load_reader(reader_weights or predict.DEFAULT_READER)
-    return model, None
+    path = reader_weights(given_reader)
+    return model, None if path is None else predict.load_reader(path)
 
 
 def serve(sock, app):
@@ -407,23 +407,23 @@ def main(argv=None):
     # fighting over the cores (one small picture gains nothing from more).
     torch.set_num_threads(1)
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
-    workers = None
+    pool = None
     try:
         if args.workers > 1:
-            workers = WorkerPool(model, args.workers, reader)
+            pool = WorkerPool(model, args.workers, reader)
             try:
-                workers.wait_until_ready()
+                pool.wait_until_ready()
             except BrokenProcessPool:
                 print(f"error: the {args.workers} worker processes could not start; try "
                       f"--workers 1.", file=sys.stderr)
                 return 1
         else:
             warm_up(model, reader)
-        serve(sock, create_app(model, workers, reader))
+        serve(sock, create_app(model, pool, reader))
     finally:
         sock.close()
-        if workers is not None:
-            workers.close()
+        if pool is not None:
+            pool.close()
     print("Server stopped.")
     return 0
 

@@ -42,7 +42,8 @@ from reading.errors import (BadWeightsError, ImageNotFoundError, NoDigitError, N
                             WeightsNotFoundError)
 from reading.figures import has_display, number_confidence, pyplot, show_number, show_prediction
 from reading.ink import read_ink
-from reading.models import DEFAULT_READER, DEFAULT_WEIGHTS, load_model, load_reader, predict_batch, read_row
+from reading.models import (DEFAULT_READER, DEFAULT_WEIGHTS, load_model, load_reader, predict_batch, read_row,
+                            reader_weights)
 from reading.segment import count_digits, split_number
 
 # What users import from here; the errors and the loaders live in reading/.
@@ -96,7 +97,8 @@ def read_digits(model, ink, reader=None):
     if not digits:
         raise NoDigitError(f"No digit found in {ink.name}: the image is blank or uniform.")
     probs = predict_batch(model, [d.tensor for d in digits])
-    probs = [p.tolist() if d.read is None else d.read for d, p in zip(digits, probs)]
+    probs = [p.tolist() if d.reader_probabilities is None else d.reader_probabilities
+             for d, p in zip(digits, probs)]
     return [DigitReading(p.index(max(p)), p, d.box, d.tensor, d.all_ink)
             for d, p in zip(digits, probs)]
 
@@ -122,13 +124,20 @@ def image_files(paths):
             yield path
 
 
+class OneDigit(NamedTuple):
+    """A picture read as one digit: the tensor the model reads, and how many digits --number
+    would find in it."""
+    tensor: torch.Tensor
+    count: int
+
+
 def _read_one(model, path):
-    # (the digit's tensor, how many digits --number would read), or the error. Digits are
-    # counted as --number finds them, not as pieces of ink: a number may be written in fewer
-    # strokes than it has digits.
+    # A OneDigit, or the error. Digits are counted as --number finds them, not as pieces of ink:
+    # a number may be written in fewer strokes than it has digits.
     try:
         ink = read_ink(path)
-        return to_mnist(ink.levels, ink.mask, ink.name), count_digits(ink, lambda batch: predict_batch(model, batch))
+        return OneDigit(to_mnist(ink.levels, ink.mask, ink.name),
+                        count_digits(ink, lambda batch: predict_batch(model, batch)))
     except PredictError as error:
         return _bare(error)
 
@@ -195,8 +204,9 @@ def load_models(args):
     weights file is missing or bad. Without a reader, --number says how to train one."""
     model = load_model(args.weights, args.device)
     reader = None
-    if args.reader or (args.number and os.path.exists(DEFAULT_READER)):
-        reader = load_reader(args.reader or DEFAULT_READER, args.device)
+    path = reader_weights(args.reader) if args.number else None
+    if path is not None:
+        reader = load_reader(path, args.device)
     if args.number and reader is None:
         print(f"note: no {DEFAULT_READER}, so digits that touch are read by cutting them apart "
               f"alone; `python number_reader.py` trains the reader, which reads them far better.",
@@ -254,8 +264,8 @@ def print_digits(pool, model, paths, output):
             output.error(result)
         else:
             read.append(path)
-            tensors.append(result[0])
-            counts.append(result[1])
+            tensors.append(result.tensor)
+            counts.append(result.count)
     if not read:
         return
     probs = predict_batch(model, tensors)

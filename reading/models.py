@@ -35,11 +35,19 @@ def metadata_path(weights):
 
 def load_model(weights_path=DEFAULT_WEIGHTS, device=None):
     """A CNN in eval mode with the weights from weights_path, on device (default: the CPU)."""
-    from mnist_cnn_model import (
-        CNN,  # here, not at the top: mnist_cnn_model imports this module
-    )
+    # The CNN is defined in the training script; it is imported only when a CNN is loaded, so
+    # that importing predict loads no training script at all.
+    from mnist_cnn_model import CNN
     return _load_weights(CNN(), weights_path, device, "the CNN in mnist_cnn_model.py",
                          "python mnist_cnn_model.py")
+
+
+def reader_weights(given=None):
+    """The number reader's weights to use: the file given, else DEFAULT_READER when it exists
+    (the reader is optional), else None."""
+    if given:
+        return given
+    return DEFAULT_READER if os.path.exists(DEFAULT_READER) else None
 
 
 def load_reader(weights_path=DEFAULT_READER, device=None):

@@ -27,12 +27,12 @@ class Digit(NamedTuple):
     """One digit found in a picture: box (x0, y0, x1, y1) in the original picture's pixels,
     x1 and y1 exclusive; tensor, the normalised 1x28x28 the model reads; all_ink, whether it is
     all the ink in the picture (its tensor is then what preprocess_image makes of the picture);
-    read, the ten probabilities the number reader gave it where the reader's reading of its
-    group was chosen (None: the model's reading of tensor stands)."""
+    reader_probabilities, the ten probabilities the number reader gave it where the reader's
+    reading of its group was chosen (None: the model's reading of tensor stands)."""
     box: tuple
     tensor: torch.Tensor
     all_ink: bool = False
-    read: list = None
+    reader_probabilities: list = None
 
 
 class LineReading(NamedTuple):

@@ -192,7 +192,7 @@ def test_a_clearly_likelier_reading_replaces_the_cuts_and_gets_boxes(small_model
     cut = split_number(touching_ink, classify)
     for digits in ([5, 6, 7], [5, 6, 7, 8], [5, 6]):
         read = split_number(touching_ink, classify, fake_reader(digits, margin=10))
-        assert [d.read.index(0.9) for d in read] == digits  # in the reader's order, left to right
+        assert [d.reader_probabilities.index(0.9) for d in read] == digits  # in the reader's order, left to right
         lefts = [d.box[0] for d in read]
         assert lefts == sorted(lefts)
         # The boxes lie within the ink the cuts found, together spanning it.
@@ -232,7 +232,7 @@ def test_a_near_tie_or_a_single_digit_keeps_the_cuts(small_model, touching_ink):
     classify = classify_with(small_model)
     cut = split_number(touching_ink, classify)
     close = split_number(touching_ink, classify, fake_reader([5, 5, 5], margin=1.0))
-    assert [d.box for d in close] == [d.box for d in cut] and all(d.read is None for d in close)
+    assert [d.box for d in close] == [d.box for d in cut] and all(d.reader_probabilities is None for d in close)
     # A 0 drawn wider than tall is sliced, but read as one digit by the cuts; a reader that also
     # sees one digit, however sure, does not overrule the CNN on a single digit.
     img = Image.new("L", (300, 200), 255)
@@ -242,7 +242,7 @@ def test_a_near_tie_or_a_single_digit_keeps_the_cuts(small_model, touching_ink):
     assert len(alone) == 1
     calls = []
     kept = split_number(ink, classify, fake_reader([6], margin=10, calls=calls))
-    assert calls and len(kept) == 1 and kept[0].read is None
+    assert calls and len(kept) == 1 and kept[0].reader_probabilities is None
 
 
 def test_only_groups_too_wide_for_one_digit_ask_the_reader(small_model, mnist_test):
@@ -254,7 +254,7 @@ def test_only_groups_too_wide_for_one_digit_ask_the_reader(small_model, mnist_te
     calls = []
     ink = read_ink(mnist_number(images, picks))
     digits = split_number(ink, classify_with(small_model), fake_reader([9], margin=10, calls=calls))
-    assert len(digits) == 4 and all(d.read is None for d in digits)
+    assert len(digits) == 4 and all(d.reader_probabilities is None for d in digits)
     assert 1 <= len(calls) < 4 and all(width > 0.75 * height for height, width in calls)
 
 

@@ -13,9 +13,7 @@ def change_stroke_width(images, amount):
     """Each image's strokes widened (amount > 0) or narrowed (amount < 0): a blend towards its
     3x3 dilation, up to all of it at amount 1 (a pixel more on each side), or towards its 3x3
     erosion, up to half of it at amount -1 (a full erosion would wipe out MNIST's 2-pixel
-    strokes). Markers are far bolder than MNIST's pens. At 28x28 a stroke has little to lose, so
-    narrowing mostly makes it fainter; it still earns its place on bench_predict's user-style
-    images."""
+    strokes). Markers are far bolder than MNIST's pens, fine pens far thinner."""
     amount = amount.view(-1, 1, 1, 1)
     dilated = F.max_pool2d(images, 3, 1, 1)
     eroded = -F.max_pool2d(-images, 3, 1, 1)
@@ -46,8 +44,7 @@ def augment_batch(images, generator):
 
 # Each augmented batch gets this share of its size again as pieces of numbers that are not one
 # digit, and as many digits cut with a sliver of their neighbour (see number_pieces). They are
-# added, not swapped in: replacing part of each batch with them misreads more of bench_predict's
-# images for about the same gain on numbers.
+# added, not swapped in, so every batch keeps its full share of whole digits.
 PIECES = 0.125
 
 
@@ -71,7 +68,7 @@ def _ink_columns(ink):
 
 def _centred(ink):
     """Each image moved sideways so that its ink's centre of mass is on column 14, where
-    preprocess.centre_in_28x28 puts what predict.py reads (and MNIST has its digits)."""
+    reading.digit_input.centre_in_28x28 puts what predict.py reads (and MNIST has its digits)."""
     mass = ink[:, 0].sum(1)
     centre = (mass * torch.arange(28., device=ink.device)).sum(1) / mass.sum(1).clamp_min(1e-6)
     return _move(ink, torch.ones_like(centre), 14 - centre)
@@ -152,7 +149,7 @@ def with_number_pieces(images, labels, generator):
     targets = F.one_hot(labels, 10).float()
     if k == 0:
         return images, targets
-    # Each kind made only for the images that get it: the pieces cost a few ms a step.
+    # Each kind is made only for the images that get it, not for all and then thrown away.
     ink, other, u = _piece_draws(images[:2 * k], generator)
     return (torch.cat([images, _not_digits(ink[:k], other[:k], u[:k], labels[:k]),
                        _still_digits(ink[k:], other[k:], u[k:])]),

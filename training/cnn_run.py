@@ -38,7 +38,7 @@ def resumed_run(parser, args, settings_names):
         parser.error(f"--resume {args.resume}: no checkpoint.pt there to resume from")
     try:
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        config = {"precision": "fp32", **checkpoint["config"]}  # runs from before --precision were fp32
+        config = {"precision": "fp32", **checkpoint["config"]}  # a checkpoint without a precision is fp32
     except Exception:
         parser.error(f"--resume {args.resume}: checkpoint.pt is damaged or not a checkpoint of this script")
     return checkpoint, config

@@ -87,7 +87,7 @@ def autocast(device, precision):
     matrix products run in bf16 while the weights, their gradients and Adam's state stay fp32; bf16
     has fp32's exponent range, so the gradients need no loss scaling."""
     if precision == "fp32":
-        return contextlib.nullcontext()  # not autocast(enabled=False): fp32 runs stay as they were
+        return contextlib.nullcontext()  # not autocast(enabled=False): fp32 runs no autocast code at all
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
