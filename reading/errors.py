@@ -29,3 +29,7 @@ class BadWeightsError(PredictError, ValueError):
 
 class DeviceNameError(PredictError, ValueError):
     """The device asked for is not a device name at all (as opposed to one not available here)."""
+
+
+class NotADigitError(NoDigitError):
+    """The picture holds marks, but none of them is a digit (a letter, a scribble, an object)."""
