@@ -6,6 +6,9 @@ Runtime behind one small interface, so that reading can run where PyTorch is not
 - a number reader's log_probabilities(batch): N x 1 x 28 x W float32 (ink 1 on 0, W even) ->
   N x W/2 x 11 log-probabilities of the ten digits and CTC's blank for each column.
 
+pad_rows and ctc_log_likelihood do in NumPy what the number reader's input and decoding need of
+PyTorch today (reading/number_model.py's batch_lines and log_likelihood).
+
 open_digit_model and open_number_reader pick the implementation from the file: a .onnx file runs
 on ONNX Runtime, anything else is loaded as PyTorch weights. This module imports neither torch
 nor onnxruntime until one of them is needed, and the ONNX Runtime path never imports torch.
@@ -45,6 +48,8 @@ MEAN_KEY = "reading.mnist_mean"
 STD_KEY = "reading.mnist_std"
 
 EXPORT_COMMAND = "python export_onnx.py"
+# CTC's "no digit in this column": the number reader's last class, after the ten digits.
+BLANK = 10
 
 
 def is_onnx(path):
@@ -204,3 +209,37 @@ def _number(meta, key, path):
         raise BadWeightsError(f"{path} records {key}={meta[key]} in its metadata, which is not a positive "
                               f"number.")
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The number reader's input and output, in NumPy
+
+def pad_rows(rows):
+    """Rows of digits (28 x W arrays) as one N x 1 x 28 x W_max float32 batch, padded on the right
+    with background to an even width, and the number of the reader's columns of each row."""
+    width = max(row.shape[1] for row in rows)
+    batch = np.zeros((len(rows), 1, 28, width + width % 2), np.float32)
+    for i, row in enumerate(rows):
+        batch[i, 0, :, :row.shape[1]] = row
+    return batch, [row.shape[1] // 2 for row in rows]
+
+
+def ctc_log_likelihood(log_probs, digits):
+    """log P(digits | row) under CTC, for one row's T x 11 log-probabilities: the sum over every
+    alignment of the digits to the columns (the forward algorithm), -inf when they cannot fit."""
+    log_probs = np.asarray(log_probs, np.float64)
+    if not digits:
+        return float(log_probs[:, BLANK].sum())
+    # The digits with a blank before, between and after them; an alignment walks this sequence,
+    # staying, stepping on, or skipping a blank that stands between two different digits.
+    labels = np.full(2 * len(digits) + 1, BLANK)
+    labels[1::2] = digits
+    skips = np.zeros(len(labels), bool)
+    skips[2:] = (labels[2:] != BLANK) & (labels[2:] != labels[:-2])
+    alpha = np.full(len(labels), -np.inf)
+    alpha[:2] = log_probs[0, labels[:2]]
+    for t in range(1, len(log_probs)):
+        stepped = np.concatenate([[-np.inf], alpha[:-1]])
+        skipped = np.where(skips, np.concatenate([[-np.inf, -np.inf], alpha[:-2]]), -np.inf)
+        alpha = np.logaddexp(np.logaddexp(alpha, stepped), skipped) + log_probs[t, labels]
+    return float(np.logaddexp(alpha[-1], alpha[-2]))

@@ -24,7 +24,7 @@ from reading.errors import BadWeightsError, WeightsNotFoundError
 from reading.models import load_model
 from reading.number_model import NumberReader
 from reading.runtime import (DIGIT_MODEL, MODEL_KEY, OnnxDigits, OnnxReader, TorchDigits, TorchReader,
-                             open_digit_model, open_number_reader)
+                             ctc_log_likelihood, open_digit_model, open_number_reader, pad_rows)
 from reading.verdict import NOT_A_DIGIT_BELOW
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -242,3 +242,22 @@ def test_open_picks_pytorch_for_weights_files(exported):
     assert isinstance(open_number_reader(weights_folder / "reader.pt"), TorchReader)
     with pytest.raises(WeightsNotFoundError, match="No weights file at"):
         open_digit_model(weights_folder / "absent.pt")
+
+
+def test_the_numpy_ctc_likelihood_is_torchs():
+    """ctc_log_likelihood gives what reading/number_model.py's log_likelihood (torch's CTC loss)
+    does: repeated digits that need a blank between them, no digits, and more than fit."""
+    from reading.number_model import log_likelihood
+    log_probs = torch.randn(12, 11, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
+    for digits in ([3], [7, 7], [1, 2, 3, 4], [], [5, 5, 5, 5, 5, 5], [0] * 7):
+        expected = log_likelihood(log_probs, digits)
+        assert ctc_log_likelihood(log_probs.numpy(), digits) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    assert ctc_log_likelihood(log_probs.numpy(), [0] * 7) == -np.inf  # 7 zeros need 13 columns
+
+
+def test_rows_are_padded_as_the_reader_expects():
+    from reading.number_model import batch_lines
+    rows = [np.random.default_rng(i).random((28, w), dtype=np.float32) for i, w in enumerate((40, 57, 12))]
+    batch, columns = pad_rows(rows)
+    expected, expected_columns = batch_lines(rows)
+    assert np.array_equal(batch, expected.numpy()) and columns == expected_columns.tolist()
