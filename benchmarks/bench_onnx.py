@@ -30,6 +30,7 @@ from contextlib import redirect_stdout
 from io import StringIO
 
 import numpy as np
+from bench_app import cpu_model  # benchmarks/, the script's own folder, is on sys.path
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +73,7 @@ print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).
 
 def main():
     args = parse_args()
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     folder = tempfile.mkdtemp(prefix="bench_onnx.")
     try:
         weights = shutil.copy(args.weights, os.path.join(folder, "mnist_cnn.pt"))
@@ -85,7 +86,9 @@ def main():
         Image.fromarray(images[0]).save(png)
         whole_process(onnx_path, weights, png, labels[0], args.processes)
         if args.venv:
-            venv_size(folder)
+            python = venv_size(folder)
+            seconds, megabytes = measure(python, ONNX_PROCESS.format(onnx=onnx_path, png=png), labels[0])
+            print(f"Docs/onnx.md's example in it, with no torch installed: {seconds:.2f} s, {megabytes:.0f} MB.")
     finally:
         shutil.rmtree(folder)
 
@@ -128,11 +131,7 @@ def whole_process(onnx_path, weights, png, label, count):
     runs = {name: [] for name in ways}
     for _ in range(count):
         for name, code in ways.items():
-            seconds, kilobytes, digit = subprocess.run(
-                [sys.executable, "-c", MEASURE, textwrap.dedent(code)], capture_output=True, text=True,
-                check=True).stdout.split()
-            assert int(digit) == label, f"{name} read {digit}, not {label}"
-            runs[name].append((float(seconds), int(kilobytes) / 1024))
+            runs[name].append(measure(sys.executable, code, label))
     print(f"\nA whole process reading one 28x28 picture (the median of {count} each):\n")
     print("| way | wall time | peak memory |")
     print("|---|---|---|")
@@ -141,17 +140,26 @@ def whole_process(onnx_path, weights, png, label, count):
               f"| {statistics.median(m for _, m in measured):.0f} MB |")
 
 
+def measure(python, code, label):
+    """Wall time (s) and peak memory (MB) of python running code, which must print label."""
+    seconds, kilobytes, digit = subprocess.run([python, "-c", MEASURE, textwrap.dedent(code)], capture_output=True,
+                                               text=True, check=True).stdout.split()
+    assert int(digit) == label, f"read {digit}, not {label}"
+    return float(seconds), int(kilobytes) / 1024
+
+
 def venv_size(folder):
-    """The size and install time of a fresh venv with requirements-serve.txt."""
+    """The size and install time of a fresh venv with requirements-serve.txt; its python."""
     venv = os.path.join(folder, "serve")
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
     start = time.perf_counter()
     subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--quiet", "--no-cache-dir",
-                    "-r", os.path.join(REPO, "requirements-serve.txt")], check=True)
+                    "-r", os.path.join(REPO, "requirements-serve.txt")], check=True, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     size = subprocess.run(["du", "-sm", venv], capture_output=True, text=True, check=True).stdout.split()[0]
     print(f"\nA fresh venv with requirements-serve.txt: {size} MB, installed in {seconds:.0f} s "
           f"(pip, no cache, from PyPI).")
+    return os.path.join(venv, "bin", "python")
 
 
 if __name__ == "__main__":
