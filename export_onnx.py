@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from reading.digit_input import MNIST_MEAN, MNIST_STD
 from reading.errors import PredictError
-from reading.models import DEFAULT_READER, DEFAULT_WEIGHTS, load_model, load_reader
+from reading.models import DEFAULT_READER, DEFAULT_WEIGHTS, load_model, load_reader, reader_weights
 from reading.number_model import decode
 from reading.runtime import (DIGIT_INPUT, DIGIT_MODEL, MEAN_KEY, MEANINGS, MODEL_KEY, NUMBER_READER,
                              READER_INPUT, READER_OUTPUT, STD_KEY, TEMPERATURE_KEY, THRESHOLD_KEY, OnnxDigits,
@@ -63,12 +63,10 @@ class Calibrated(torch.nn.Module):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        jobs = [(args.weights, export_digit_model)]
-        reader = args.reader or (DEFAULT_READER if os.path.exists(DEFAULT_READER) else None)
+        export_digit_model(args.weights)
+        reader = reader_weights(args.reader)
         if reader:
-            jobs.append((reader, export_number_reader))
-        for source, export in jobs:
-            export(source)
+            export_number_reader(reader)
     except (PredictError, ExportError) as error:
         print(error, file=sys.stderr)
         return 1

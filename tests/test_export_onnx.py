@@ -130,6 +130,24 @@ def test_a_failed_check_leaves_no_file(weights_folder, monkeypatch):
     assert sorted(p.name for p in weights_folder.iterdir()) == ["cnn.pt", "reader.pt"]
 
 
+def test_by_default_both_models_are_exported_beside_their_weights(tmp_path, small_model_weights, monkeypatch):
+    fewer_checked(monkeypatch)
+    weights_in(tmp_path, small_model_weights)
+    monkeypatch.chdir(tmp_path)
+    os.rename("cnn.pt", "mnist_cnn.pt")
+    assert export_onnx.main([]) == 0 and not os.path.exists("number_reader.onnx")  # no reader: none exported
+    os.rename("reader.pt", "number_reader.pt")
+    assert export_onnx.main([]) == 0
+    assert sorted(os.listdir()) == ["mnist_cnn.onnx", "mnist_cnn.pt", "number_reader.onnx", "number_reader.pt"]
+
+
+def test_the_script_says_what_is_missing_in_one_sentence(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, "export_onnx.py")], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120, check=False)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == "No weights file at mnist_cnn.pt: train the model first with `python mnist_cnn_model.py`.\n"
+
+
 @pytest.mark.parametrize("args, says", [
     (["--weights", "absent.pt"], "No weights file at absent.pt"),
     (["--weights", "notes.pt"], "notes.pt is not a PyTorch weights file"),
