@@ -5,6 +5,9 @@ this machine:
     python benchmarks/bench_onnx.py                # latency, and a whole process reading one digit
     python benchmarks/bench_onnx.py --venv         # also build the reading-only venv (a few minutes)
 
+- agreement: bench_predict.py's pictures of every kind, prepared once as predict.py prepares
+  them, read by both runtimes: how many give the same digit, and the largest difference in a
+  probability;
 - forward latency per picture at batch 1 and batch 256, through reading/runtime.py's interface
   (TorchDigits and OnnxDigits: what reading pays, conversions included), on MNIST test digits;
 - a whole process that imports what it needs, loads the CNN and reads one 28x28 picture: wall time
@@ -17,6 +20,7 @@ The weights are mnist_cnn.pt (--weights); they are exported to a temporary folde
 figures never depend on an .onnx file lying about.
 """
 import argparse
+import io
 import os
 import platform
 import shutil
@@ -31,13 +35,15 @@ from io import StringIO
 
 import numpy as np
 from bench_app import cpu_model  # benchmarks/, the script's own folder, is on sys.path
+from bench_predict import KINDS, make_image
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import export_onnx  # noqa: E402  (the repo root is only on the path once the line above ran)
-from reading.digit_input import MNIST_MEAN, MNIST_STD  # noqa: E402
+from reading.digit_input import MNIST_MEAN, MNIST_STD, preprocess_image  # noqa: E402
+from reading.errors import NoDigitError  # noqa: E402
 from reading.models import load_model  # noqa: E402
 from reading.runtime import OnnxDigits, TorchDigits  # noqa: E402
 from training.mnist_data import load_digits  # noqa: E402
@@ -81,7 +87,9 @@ def main():
             export_onnx.export_digit_model(weights)
         onnx_path = os.path.join(folder, "mnist_cnn.onnx")
         images, labels = load_digits(os.path.join(REPO, "data"), train=False)
-        latency(TorchDigits(load_model(weights)), OnnxDigits(onnx_path), images, args.repeats)
+        torch_model, onnx_model = TorchDigits(load_model(weights)), OnnxDigits(onnx_path)
+        agreement(torch_model, onnx_model, images, labels, args.per_kind)
+        latency(torch_model, onnx_model, images, args.repeats)
         png = os.path.join(folder, "digit.png")
         Image.fromarray(images[0]).save(png)
         whole_process(onnx_path, weights, png, labels[0], args.processes)
@@ -97,6 +105,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description="PyTorch against ONNX Runtime, side by side.")
     parser.add_argument("--weights", default=os.path.join(REPO, "mnist_cnn.pt"),
                         help="the CNN's weights (default: mnist_cnn.pt in the repository)")
+    parser.add_argument("--per-kind", type=int, default=100,
+                        help="bench_predict.py pictures per kind for the agreement (default: 100)")
     parser.add_argument("--repeats", type=int, default=200,
                         help="forward passes timed per batch size and runtime (default: 200)")
     parser.add_argument("--processes", type=int, default=5,
@@ -104,6 +114,28 @@ def parse_args():
     parser.add_argument("--venv", action="store_true",
                         help="also build the reading-only venv from requirements-serve.txt (default: off)")
     return parser.parse_args()
+
+
+def agreement(torch_model, onnx_model, images, labels, per_kind):
+    """Per kind of picture: how many read the same digit in both runtimes, the largest difference
+    in a probability, and the accuracy (the same pictures as bench_predict.py for the same seed)."""
+    print("\n| kind | same digit | largest difference | accuracy (ONNX Runtime) |")
+    print("|---|---|---|---|")
+    picked = np.random.default_rng(0).choice(len(images), per_kind, replace=False)
+    for kind in KINDS:
+        inputs, truth = [], []
+        for i in picked:
+            data, _ = make_image(kind, images[i], np.random.default_rng([0, KINDS.index(kind), int(i)]))
+            try:
+                inputs.append(preprocess_image(Image.open(io.BytesIO(data))).numpy())
+                truth.append(labels[i])
+            except NoDigitError:
+                continue  # predict.py would say so in both runtimes alike
+        batch = np.stack(inputs)
+        expected, got = torch_model.probabilities(batch), onnx_model.probabilities(batch)
+        same = int((expected.argmax(1) == got.argmax(1)).sum())
+        print(f"| {kind} | {same}/{len(batch)} | {np.abs(expected - got).max():.1g} "
+              f"| {(got.argmax(1) == np.array(truth)).mean():.1%} |")
 
 
 def latency(torch_model, onnx_model, images, repeats):
