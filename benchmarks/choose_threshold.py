@@ -10,8 +10,8 @@ neither the MNIST test set nor bench_nondigits.py's held-out kinds ever touch:
 - not digits: the kinds training draws (training/nondigits.py), drawn anew as photos and canvases.
 For each threshold on the likeliest digit's calibrated probability it prints the share of each
 that would be declined, and the highest threshold that declines at most --digit-budget of the
-digits of every kind (a margin under the targets: 1% of bench_predict's kinds, 3% of real
-handwriting).
+digits of every kind but the distorted ones (a margin under the targets: 1% of bench_predict's
+kinds, 3% of real handwriting).
 """
 import argparse
 import os
@@ -73,7 +73,7 @@ def nondigit_material(model, args, root):
     material = {}
     for k, (name, make) in enumerate(TRAIN_KINDS.items()):
         for s, style in enumerate(STYLES):
-            paths = write_pictures(os.path.join(root, f"{name}-{style}"), args.per_kind,
+            paths = write_pictures(os.path.join(root, f"{name}-{style}"), args.nondigits_per_kind,
                                    lambda rng: picture(make(rng), style, rng), args.seed, (5, k, s))
             material[f"{name} ({style})"] = best_of(model, paths)
             print(f"{name} {style} done", file=sys.stderr, flush=True)
@@ -85,7 +85,9 @@ def main(argv=None):
     parser.add_argument("--weights", default=os.path.join(REPO, "mnist_cnn.pt"), help="(default: mnist_cnn.pt)")
     parser.add_argument("--validation", type=int, default=5000,
                         help="held-out training digits, as the run held out (default: 5000)")
-    parser.add_argument("--per-kind", type=int, default=100, help="pictures per kind (default: 100)")
+    parser.add_argument("--per-kind", type=int, default=100, help="pictures per kind of digit (default: 100)")
+    parser.add_argument("--nondigits-per-kind", type=int, default=50,
+                        help="pictures per kind and style of non-digit, shown only (default: 50)")
     parser.add_argument("--digit-budget", type=float, default=0.5,
                         help="most %% of any kind of digit to decline (default: 0.5)")
     parser.add_argument("--seed", type=int, default=0, help="picks the pictures (default: 0)")
@@ -104,7 +106,9 @@ def main(argv=None):
     for name, best in {**digits, **nondigits}.items():
         print(f"| {name} | " + " | ".join(f"{100 * np.mean(best < t):.1f}" for t in THRESHOLDS) + " |")
     fine = np.round(np.arange(0.2, 0.99, 0.01), 2)
-    ok = [t for t in fine if all(100 * np.mean(best < t) <= args.digit_budget for best in digits.values())]
+    # Training's distortions go further than people's pictures do: shown, but not held to the budget.
+    held_to = [best for name, best in digits.items() if "distorted" not in name]
+    ok = [t for t in fine if all(100 * np.mean(best < t) <= args.digit_budget for best in held_to)]
     print(f"\nHighest threshold declining at most {args.digit_budget}% of every kind of digit: "
           f"{max(ok) if ok else 'none'}")
     return 0
