@@ -3,6 +3,7 @@ calibration, the verdict, and the default model declining letters, scribbles and
 it still reads digits."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -200,4 +201,5 @@ def test_the_command_line_says_not_a_digit_and_still_reads_the_others(default_tr
     assert out.returncode == 1, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith(f"{tmp_path / 'a_digit.png'}: {labels[0]} (")
-    assert lines[1] == f"{tmp_path / 'shoe.jpg'}: not a digit"
+    # The line may go on to say how many digits --number would find, which is number splitting's call.
+    assert re.fullmatch(rf"{re.escape(str(tmp_path / 'shoe.jpg'))}: not a digit(; .*)?", lines[1])
