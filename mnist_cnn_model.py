@@ -1,14 +1,15 @@
 """
 Train the classic MNIST CNN and save its weights.
 
-    python mnist_cnn_model.py              # 10 epochs
-    python mnist_cnn_model.py --augment    # reads your own photos, drawings and numbers better
+    python mnist_cnn_model.py              # 10 epochs: reads photos and drawings, knows a non-digit
+    python mnist_cnn_model.py --textbook   # the classic recipe: MNIST's pictures alone
     python mnist_cnn_model.py --limit 2000 --epochs 1   # a smoke test
     python mnist_cnn_model.py --resume runs/<timestamp>  # continue a run stopped with Ctrl-C
 
 The data set ships in data/MNIST/raw/ (checksummed), so no network is needed. The weights are
-saved as a plain state_dict to mnist_cnn.pt; predict.py reads them. The run's metrics, checkpoint
-and figures go to runs/<timestamp>/.
+saved as a plain state_dict to mnist_cnn.pt; predict.py reads them. Beside them, mnist_cnn.json
+records the run and the temperature that calibrates the model's probabilities, fitted on training
+digits held out of training. The run's metrics, checkpoint and figures go to runs/<timestamp>/.
 """
 import argparse
 import math
@@ -27,7 +28,12 @@ import torch.nn.functional as F
 
 class CNN(nn.Module):
     """Conv(1->32, 3x3) + ReLU, MaxPool 2x2, Conv(32->64, 3x3) + ReLU, MaxPool 2x2,
-    Linear(64*7*7 -> 128) + ReLU, Linear(128 -> 10). Returns logits."""
+    Linear(64*7*7 -> 128) + ReLU, Linear(128 -> 10). Returns logits.
+
+    temperature: what the logits are divided by before the softmax, so that the probabilities
+    mean what they say; reading.models.load_model sets it from the weights' record."""
+
+    temperature = 1.0
 
     def __init__(self):
         super().__init__()
@@ -46,16 +52,24 @@ class CNN(nn.Module):
 
 
 def train(model, optimizer, images, labels, batch_size, generator, augment=False, precision="fp32",
-          scheduler=None, progress=None, should_stop=lambda: False):
+          scheduler=None, progress=None, should_stop=lambda: False, nondigits=None):
     """One epoch over the training set, shuffled by generator. Returns the mean loss, None when
-    should_stop() turned true, or a loss that is not finite when training diverged."""
-    from training.augment import augment_batch, with_number_pieces
+    should_stop() turned true, or a loss that is not finite when training diverged. nondigits:
+    pictures that are not digits (training/nondigits.py), a share of each batch trained towards
+    the uniform answer."""
+    from training.augment import augment_batch, with_nondigits, with_number_pieces
     from training.loop import autocast, run_epoch
 
     def loss_of(idx):
         x = images[idx].contiguous(memory_format=torch.channels_last)
-        if augment:
-            x, targets = with_number_pieces(augment_batch(x, generator), labels[idx], generator)
+        if augment or nondigits is not None:
+            if augment:
+                x, targets = with_number_pieces(augment_batch(x, generator), labels[idx], generator)
+            else:
+                targets = F.one_hot(labels[idx], 10).float()
+            if nondigits is not None:
+                x, targets = with_nondigits(x, targets, nondigits, generator)
+            x = x.contiguous(memory_format=torch.channels_last)
             with autocast(images.device, precision):
                 # KL divergence: cross-entropy less the targets' own entropy, so that a model
                 # that meets every target exactly still reaches a loss of 0.
@@ -88,8 +102,10 @@ def test(model, images, labels, batch_size=256, precision="fp32"):
 
 
 TRAINING_DEFAULTS = dict(epochs=10, batch_size=64, lr=0.001, seed=1, data_dir="data",
-                         weights="mnist_cnn.pt", limit=None, augment=False, schedule="cosine",
-                         precision="auto")
+                         weights="mnist_cnn.pt", limit=None, augment=True, nondigits=8000, validation=5000,
+                         schedule="cosine", precision="auto")
+# --textbook: the classic recipe, MNIST's 60000 training pictures as they are, and no calibration.
+TEXTBOOK = dict(augment=False, nondigits=0, validation=0)
 
 
 class Settings(NamedTuple):
@@ -115,10 +131,21 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", help=f"folder holding MNIST/raw (default: {d['data_dir']})")
     parser.add_argument("--weights", help=f"where to save the trained state_dict (default: {d['weights']})")
     parser.add_argument("--limit", type=int, help="train on the first N training images only, for smoke tests (default: all 60000)")
-    parser.add_argument("--augment", action="store_true", default=None,
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                         help="randomly rotate, scale, shear and shift the training digits and widen or narrow their "
                              "strokes, and learn the pieces that cutting touching digits gives; reads your own "
-                             "photos, drawings and numbers better (default: off)")
+                             "photos, drawings and numbers better (default: on)")
+    parser.add_argument("--nondigits", type=int, metavar="N",
+                        help="draw up to N pictures that are not digits (letters, scribbles, shapes, blobs, "
+                             "dashes; no more than an epoch uses) and add a quarter of each batch's size of them, "
+                             "trained towards no digit, 0 for none "
+                             f"(default: {d['nondigits']})")
+    parser.add_argument("--validation", type=int, metavar="N",
+                        help="hold the last N training pictures out of training to calibrate the probabilities "
+                             f"on, 0 for no calibration (default: {d['validation']})")
+    parser.add_argument("--textbook", action="store_true", default=None,
+                        help="the classic recipe: all 60000 training pictures as they are, no non-digits, no "
+                             "calibration (--no-augment --nondigits 0 --validation 0); other flags still apply")
     parser.add_argument("--schedule", choices=["constant", "cosine"],
                         help="learning rate over the run: cosine decay from --lr to 0, or constant --lr "
                              f"as in the classic recipe (default: {d['schedule']})")
@@ -134,28 +161,30 @@ def parse_args(argv=None):
                         help="exit with status 1 if the final test accuracy is below this (default: no check)")
     args = parser.parse_args(argv)
 
-    check_numbers(parser, args, at_least_one=("epochs", "batch_size", "limit"), positive=("lr",))
+    check_numbers(parser, args, at_least_one=("epochs", "batch_size", "limit"), positive=("lr",),
+                  at_least_zero=("nondigits", "validation"))
     device = training_device(parser, args.device)
     if args.resume:
-        checkpoint, config = resumed_run(parser, args, [*d, "run_dir"])
+        checkpoint, config = resumed_run(parser, args, [*d, "run_dir", "textbook"])
         run_dir = args.resume
     else:
         checkpoint, run_dir = None, new_run_dir(args.run_dir)
-        config = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in d.items()}
+        defaults = {**d, **TEXTBOOK} if args.textbook else d
+        config = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in defaults.items()}
     config["precision"] = training_precision(parser, config["precision"], device)  # recorded, so --resume keeps it
     check_writable(parser, os.path.dirname(os.path.abspath(config["weights"])), run_dir)
     return Settings(config, device, run_dir, checkpoint, args.min_accuracy)
 
 
 def main(argv=None):
-    from training.cnn_run import Run, exit_diverged, exit_interrupted, exit_on_full_disk, load_data
+    from training.cnn_run import Run, exit_diverged, exit_interrupted, exit_on_full_disk, load_data, nondigits_of
     from training.loop import StopRequest, keep_freed_memory, progress_bar
 
     settings = parse_args(argv)
     config, device, run_dir = settings.config, settings.device, settings.run_dir
     keep_freed_memory()
     with exit_on_full_disk(run_dir):
-        (train_images, train_labels), (test_images, test_labels) = load_data(config, device)
+        (train_images, train_labels), validation, (test_images, test_labels) = load_data(config, device)
         torch.manual_seed(config["seed"])
         model = CNN().to(device, memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"], fused=device.type in ("cpu", "cuda"))
@@ -167,6 +196,7 @@ def main(argv=None):
                      if config["schedule"] == "cosine" else None)
         run = Run(config, device, run_dir, model, optimizer, generator, scheduler)
         run.start(settings.checkpoint)
+        nondigits = nondigits_of(config, len(train_images), device)
         stop = StopRequest()
         stop.install()
         evaluation = None
@@ -174,7 +204,7 @@ def main(argv=None):
             start = time.perf_counter()
             with progress_bar(len(train_images), f"Epoch {epoch}/{config['epochs']}", "img", unit_scale=True) as bar:
                 loss = train(model, optimizer, train_images, train_labels, config["batch_size"], generator,
-                             config["augment"], config["precision"], scheduler, bar, stop)
+                             config["augment"], config["precision"], scheduler, bar, stop, nondigits)
             if loss is None:
                 exit_interrupted(run_dir, epoch - 1, stop.signal)
             # The last step can leave NaN weights behind a finite loss: look at both, so that neither
@@ -187,7 +217,7 @@ def main(argv=None):
                 exit_interrupted(run_dir, epoch, stop.signal)
         if evaluation is None:  # resumed a run whose epochs were all done
             evaluation = test(model, test_images, test_labels, precision=config["precision"])
-        accuracy = run.finish(test_images, test_labels, evaluation)
+        accuracy = run.finish(test_images, test_labels, evaluation, validation)
     if settings.min_accuracy is not None and accuracy < settings.min_accuracy:
         sys.exit(f"Error: test accuracy {accuracy:.2f}% is below the required {settings.min_accuracy}%.")
 

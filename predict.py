@@ -11,11 +11,12 @@ Read the handwritten digits in your own pictures with the CNN trained by mnist_c
 
 From Python (after `python mnist_cnn_model.py`; load_reader after `python number_reader.py`):
 
-    from predict import (load_model, load_reader, predict_digits, predict_number,
-                         predict_user_input, predict_with_probabilities)
+    from predict import (load_model, load_reader, predict_digits, predict_number, predict_user_input,
+                         predict_with_probabilities, read_digit)
     model = load_model("mnist_cnn.pt")
     digit = predict_user_input(model, "samples/digit.jpg")                 # an int
     digit, probs = predict_with_probabilities(model, "samples/digit.jpg")  # and the ten probabilities
+    reading = read_digit(model, "samples/digit.jpg")   # .digit: an int, or None for no digit (.reason)
     number = predict_number(model, "samples/number.jpg")                   # a str, leading zeros kept
     number = predict_number(model, "samples/number.jpg", load_reader())    # touching digits read better
     for d in predict_digits(model, "samples/number.jpg"):
@@ -23,10 +24,12 @@ From Python (after `python mnist_cnn_model.py`; load_reader after `python number
 
 Pictures become what MNIST digits look like in reading/digit_input.py, and a number is split into
 its digits in reading/segment.py, helped by the number reader of number_reader.py where it is
-given. Problems are raised as PredictError subclasses with a one-sentence message:
-WeightsNotFoundError, BadWeightsError, ImageNotFoundError, NotAnImageError and NoDigitError
-(nothing to read: the picture is blank or uniform, under 3 pixels on a side, or noise rather than
-handwriting).
+given. The probabilities are calibrated (a reading given at 90% is right about 90% of the time),
+and a picture whose probabilities name no digit clearly (a letter, a scribble, an object) is not
+a digit (reading/verdict.py). Problems are raised as PredictError subclasses with a one-sentence
+message: WeightsNotFoundError, BadWeightsError, ImageNotFoundError, NotAnImageError and
+NoDigitError (nothing to read: the picture is blank or uniform, under 3 pixels on a side, or noise
+rather than handwriting), and its subclass NotADigitError (marks, but no digit among them).
 """
 import argparse
 import os
@@ -38,19 +41,20 @@ import torch
 from PIL import Image
 
 from reading.digit_input import preprocess_image, to_mnist
-from reading.errors import (BadWeightsError, ImageNotFoundError, NoDigitError, NotAnImageError, PredictError,
-                            WeightsNotFoundError)
+from reading.errors import (BadWeightsError, ImageNotFoundError, NoDigitError, NotADigitError, NotAnImageError,
+                            PredictError, WeightsNotFoundError)
 from reading.figures import has_display, number_confidence, pyplot, show_number, show_prediction
 from reading.ink import read_ink
 from reading.models import (DEFAULT_READER, DEFAULT_WEIGHTS, load_model, load_reader, predict_batch, read_row,
                             reader_weights)
 from reading.segment import count_digits, split_number
+from reading.verdict import why_not_a_digit
 
 # What users import from here; the errors and the loaders live in reading/.
-__all__ = ["load_model", "load_reader", "predict_user_input", "predict_with_probabilities", "predict_number",
-           "predict_digits", "read_digits", "preprocess_image", "number_confidence", "DigitReading",
-           "DEFAULT_WEIGHTS", "DEFAULT_READER", "PredictError", "WeightsNotFoundError", "BadWeightsError",
-           "ImageNotFoundError", "NotAnImageError", "NoDigitError"]
+__all__ = ["load_model", "load_reader", "predict_user_input", "predict_with_probabilities", "read_digit",
+           "Reading", "predict_number", "predict_digits", "read_digits", "preprocess_image", "number_confidence",
+           "DigitReading", "DEFAULT_WEIGHTS", "DEFAULT_READER", "PredictError", "WeightsNotFoundError",
+           "BadWeightsError", "ImageNotFoundError", "NotAnImageError", "NoDigitError", "NotADigitError"]
 
 # Edit this to point at your own image, then run `python predict.py`.
 image_path = "samples/digit.jpg"
@@ -60,15 +64,38 @@ BATCH_SIZE = 256
 
 
 def predict_with_probabilities(model, image_path):
-    """(digit, probabilities): the predicted digit as an int and the ten probabilities as a list
-    of floats that sums to 1 (probabilities[d] is the model's confidence in digit d)."""
+    """(digit, probabilities): the likeliest digit as an int and the ten calibrated probabilities
+    as a list of floats that sums to 1 (probabilities[d] is the model's confidence in digit d).
+    It always names a digit; read_digit also says when the picture holds none."""
     probs = predict_batch(model, [preprocess_image(image_path)])[0]
     return int(probs.argmax()), probs.tolist()
 
 
+class Reading(NamedTuple):
+    """A picture read as one digit: digit, an int, or None when the picture holds no digit;
+    probabilities, the ten calibrated probabilities (floats summing to 1); reason, why it is not
+    a digit (None when it is one)."""
+    digit: object
+    probabilities: list
+    reason: object = None
+
+
+def read_digit(model, image_path):
+    """The Reading of the picture at image_path (a path or a PIL image), taking all its ink as one
+    digit. Raises NoDigitError when it holds nothing to read (blank, uniform, noise)."""
+    probs = predict_batch(model, [preprocess_image(image_path)])[0].tolist()
+    reason = why_not_a_digit(probs)
+    return Reading(None if reason else probs.index(max(probs)), probs, reason)
+
+
 def predict_user_input(model, image_path):
-    """The digit (an int, 0-9) in the image at image_path."""
-    return predict_with_probabilities(model, image_path)[0]
+    """The digit (an int, 0-9) in the image at image_path. Raises NotADigitError when the
+    picture holds marks but no digit (a letter, a scribble, an object)."""
+    reading = read_digit(model, image_path)
+    if reading.digit is None:
+        name = os.fspath(image_path) if isinstance(image_path, (str, os.PathLike)) else "the image"
+        raise NotADigitError(f"{name} is not a digit: {reading.reason}.")
+    return reading.digit
 
 
 class DigitReading(NamedTuple):
@@ -241,7 +268,11 @@ class Output:
 
     def digit(self, path, tensor, probs, count):
         several = f"; it holds {count} digits: use --number to read them all" if count > 1 else ""
-        print(format_line(path, probs, self.args.top_k) + several, flush=True)
+        if why_not_a_digit(probs):
+            self.failures += 1  # as for a picture with nothing to read: the exit status says so
+            print(f"{path}: not a digit{several}", flush=True)
+        else:
+            print(format_line(path, probs, self.args.top_k) + several, flush=True)
         if self.args.show:
             show_prediction(path, tensor, probs, self.figures, keep_open=self._keep_open())
 

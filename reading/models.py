@@ -38,8 +38,21 @@ def load_model(weights_path=DEFAULT_WEIGHTS, device=None):
     # The CNN is defined in the training script; it is imported only when a CNN is loaded, so
     # that importing predict loads no training script at all.
     from mnist_cnn_model import CNN
-    return _load_weights(CNN(), weights_path, device, "the CNN in mnist_cnn_model.py",
-                         "python mnist_cnn_model.py")
+    model = _load_weights(CNN(), weights_path, device, "the CNN in mnist_cnn_model.py",
+                          "python mnist_cnn_model.py")
+    model.temperature = recorded_temperature(weights_path)
+    return model
+
+
+def recorded_temperature(weights_path):
+    """The temperature that training fitted to calibrate these weights' probabilities, from the
+    record beside them; 1.0 (the logits as they are) when there is none."""
+    try:
+        with open(metadata_path(os.fspath(weights_path))) as f:
+            temperature = float(json.load(f).get("temperature", 1.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 1.0  # no record (weights from elsewhere) or an unreadable one
+    return temperature if 0 < temperature < float("inf") else 1.0
 
 
 def reader_weights(given=None):
@@ -142,10 +155,11 @@ def resolve_device(device):
 
 @torch.no_grad()
 def predict_batch(model, tensors):
-    """Probabilities (N x 10) for a list of preprocessed 1x28x28 tensors, in one forward pass."""
+    """Calibrated probabilities (N x 10) for a list of preprocessed 1x28x28 tensors, in one
+    forward pass: the softmax of the logits divided by the model's temperature (see load_model)."""
     device = next(model.parameters()).device
     batch = torch.stack(list(tensors)).to(device)
-    return F.softmax(model(batch), dim=1).cpu()
+    return F.softmax(model(batch) / getattr(model, "temperature", 1.0), dim=1).cpu()
 
 
 @torch.no_grad()

@@ -2,6 +2,9 @@ import builtins
 import errno
 import io
 import os
+import subprocess
+import sys
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -54,6 +57,31 @@ def train_weights(tmp_path_factory, mnist_train_set):
         torch.save(model.state_dict(), path)
         return str(path)
     return trained
+
+
+@pytest.fixture(scope="session")
+def default_training(tmp_path_factory):
+    """`python mnist_cnn_model.py` with its default recipe, run once for the whole session (minutes):
+    the finished process (its stdout holds the test accuracy) and the path of the weights it saved."""
+    folder = tmp_path_factory.mktemp("default")
+    weights = folder / "mnist_cnn.pt"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "mnist_cnn_model.py"), "--weights", str(weights),
+                          "--run-dir", str(folder / "run"), "--min-accuracy", "99.0", "--device", "cpu"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=1800)
+    return DefaultTraining(out, str(weights))
+
+
+class DefaultTraining(NamedTuple):
+    out: subprocess.CompletedProcess
+    weights: str
+
+
+@pytest.fixture(scope="session")
+def default_model(default_training):
+    """The CNN as the default recipe trains it (see default_training), loaded as predict.py loads it."""
+    from predict import load_model
+    assert default_training.out.returncode == 0, default_training.out.stderr
+    return load_model(default_training.weights)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
-from train_support import restore_signal_handlers, run_script
+from train_support import ROOT, restore_signal_handlers, run_script
 
 import mnist_cnn_model as m
 import reading.digit_input
@@ -196,7 +196,10 @@ def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
     device = torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
     precision = expected_auto_precision(device)
     assert lines[0] == f"Training on {device} in {'bf16 mixed precision' if precision == 'bf16' else 'fp32'}"
-    assert re.fullmatch(r"Epoch 1/2: loss \d+\.\d{4}, test loss .*", lines[1])
+    # No more non-digits than one epoch uses: a quarter of the 2000 digits.
+    assert re.fullmatch(r"Drew 500 pictures that are not digits in \d+s", lines[1])
+    assert re.fullmatch(r"Epoch 1/2: loss \d+\.\d{4}, test loss .*", lines[2])
+    calibrated = re.fullmatch(r"Calibrated on 5000 held-out training digits: temperature (\d\.\d{3})", lines[-3])
     match = re.fullmatch(r"Test accuracy: (\d+\.\d\d)% \((\d+)/10000\)", lines[-1])
     assert match and float(match[1]) > 80 and int(match[2]) == round(float(match[1]) * 100)
 
@@ -204,6 +207,8 @@ def test_command_line_end_to_end(tmp_path, repo_root, mnist_test_set):
     CNN().load_state_dict(state)  # a plain state_dict of this architecture
     info = json.loads(weights.with_suffix(".json").read_text())
     assert info["config"]["limit"] == 2000 and info["test_accuracy"] == float(match[1])
+    assert calibrated and f"{info['temperature']:.3f}" == calibrated[1]
+    assert reading.models.load_model(weights).temperature == info["temperature"]
     assert info["data_sha256"] == training.mnist_data.MNIST_FILES and info["torch"] == torch.__version__
     assert info["precision"] == info["config"]["precision"] == precision
 
@@ -266,6 +271,9 @@ def test_the_same_seed_gives_identical_weights_and_metrics(tmp_path, repo_root):
     (["--resume", "{tmp}", "--lr", "0.01"], "drop --lr"),
     (["--precision", "fp16"], "invalid choice: 'fp16'"),
     (["--resume", "{tmp}", "--precision", "fp32"], "drop --precision"),
+    (["--nondigits", "-1"], "--nondigits must be at least 0"),
+    (["--validation", "-5"], "--validation must be at least 0"),
+    (["--resume", "{tmp}", "--textbook"], "drop --textbook"),
 ])
 def test_bad_flags_get_one_line_before_any_work(tmp_path, repo_root, flags, message):
     (tmp_path / "file").write_text("a file, not a folder")
@@ -275,6 +283,28 @@ def test_bad_flags_get_one_line_before_any_work(tmp_path, repo_root, flags, mess
     assert out.returncode == 2 and out.stdout == ""
     assert message in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_textbook_is_the_classic_recipe_and_the_default_adds_to_it(tmp_path):
+    default = m.parse_args(["--run-dir", str(tmp_path / "a")]).config
+    textbook = m.parse_args(["--textbook", "--run-dir", str(tmp_path / "b")]).config
+    assert (default["augment"], default["validation"]) == (True, 5000) and default["nondigits"] > 0
+    assert (textbook["augment"], textbook["nondigits"], textbook["validation"]) == (False, 0, 0)
+    assert {k: v for k, v in textbook.items() if k not in m.TEXTBOOK} == {k: v for k, v in default.items()
+                                                                         if k not in m.TEXTBOOK}
+    # Flags given beside --textbook still apply.
+    assert m.parse_args(["--textbook", "--augment", "--run-dir", str(tmp_path / "c")]).config["augment"]
+
+
+def test_the_validation_digits_are_held_out_of_training(tmp_path):
+    from training.cnn_run import load_data
+    config = {"data_dir": os.path.join(ROOT, "data"), "validation": 5000, "limit": None}
+    (images, labels), (held, held_labels), (test_images, _) = load_data(config, "cpu")
+    everything, _ = training.mnist_data.load_mnist(config["data_dir"], train=True)
+    assert len(images) == 55000 and len(held) == len(held_labels) == 5000 and len(test_images) == 10000
+    assert torch.equal(torch.cat([images, held]), everything)
+    limited, _ = load_data({**config, "limit": 100}, "cpu")[0]
+    assert torch.equal(limited, everything[:100])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -304,10 +334,13 @@ def test_a_bf16_run_records_its_precision_and_resume_keeps_it(tmp_path, repo_roo
 
 
 @pytest.mark.slow
-def test_full_default_recipe_reaches_99_percent(tmp_path, repo_root):
-    """The documented recipe, unchanged: 10 epochs, Adam 0.001, batch 64."""
-    out = run_script(repo_root, "--run-dir", str(tmp_path / "run"), "--weights", str(tmp_path / "w.pt"),
-                     "--min-accuracy", "99.0", "--device", "cpu")
+def test_full_default_recipe_reaches_99_percent_and_records_its_calibration(default_training):
+    """The documented recipe: 10 epochs, Adam 0.001, batch 64, with its distortions and
+    non-digits, calibrated on the training digits it held out."""
+    out = default_training.out
     print(out.stdout)
     assert out.returncode == 0, out.stderr
     assert float(re.search(r"Test accuracy: (\d+\.\d\d)%", out.stdout)[1]) >= 99.0
+    info = json.loads(open(reading.models.metadata_path(default_training.weights)).read())
+    assert info["config"]["augment"] and info["config"]["nondigits"] > 0 and info["config"]["validation"] == 5000
+    assert f"temperature {info['temperature']:.3f}" in out.stdout and 0.2 < info["temperature"] < 5

@@ -11,12 +11,13 @@ from reading.models import resolve_device
 from training.loop import native_bf16
 
 
-def check_numbers(parser, args, at_least_one=(), positive=()):
+def check_numbers(parser, args, at_least_one=(), positive=(), at_least_zero=()):
     """parser.error for the first of the named flags below its least value (None: not given)."""
-    for name in at_least_one:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for least, names in ((1, at_least_one), (0, at_least_zero)):
+        for name in names:
+            value = getattr(args, name)
+            if value is not None and value < least:
+                parser.error(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
     for name in positive:
         value = getattr(args, name)
         if value is not None and not value > 0:

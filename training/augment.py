@@ -154,3 +154,19 @@ def with_number_pieces(images, labels, generator):
     return (torch.cat([images, _not_digits(ink[:k], other[:k], u[:k], labels[:k]),
                        _still_digits(ink[k:], other[k:], u[k:])]),
             torch.cat([targets, torch.full_like(targets[:k], 0.1), targets[k:2 * k]]))
+
+
+# Each batch gets this share of its size again in pictures that are not digits.
+NONDIGITS = 0.25
+
+
+def with_nondigits(images, targets, bank, generator):
+    """The batch and its targets followed by NONDIGITS of its size in pictures drawn from bank
+    (training/nondigits.py), distorted as augment_batch distorts digits, each with the uniform
+    target: the model should pick no digit there."""
+    k = int(NONDIGITS * len(images))
+    if k == 0:
+        return images, targets
+    picked = bank[torch.randint(len(bank), (k,), generator=generator).to(bank.device)]
+    nondigits = augment_batch(picked.contiguous(memory_format=torch.channels_last), generator)
+    return torch.cat([images, nondigits]), torch.cat([targets, torch.full_like(targets[:k], 0.1)])

@@ -3,6 +3,7 @@ metrics after each epoch, its files at the end, and the sentences it stops with.
 """
 import contextlib
 import importlib.metadata
+import math
 import os
 import platform
 import signal
@@ -14,8 +15,11 @@ from typing import NamedTuple
 import torch
 
 from reading.models import metadata_path, sha256_of
+from training.augment import NONDIGITS
+from training.calibration import fit_temperature, logits_of
 from training.figures import Mistake, save_figures
 from training.mnist_data import MNIST_FILES, DataError, load_mnist
+from training.nondigits import nondigit_bank
 from training.run_files import DISK_FULL, atomic_save, atomic_write_json
 
 
@@ -38,7 +42,8 @@ def resumed_run(parser, args, settings_names):
         parser.error(f"--resume {args.resume}: no checkpoint.pt there to resume from")
     try:
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        config = {"precision": "fp32", **checkpoint["config"]}  # a checkpoint without a precision is fp32
+        # A checkpoint without these settings was made before they existed, without them.
+        config = {"precision": "fp32", "nondigits": 0, "validation": 0, **checkpoint["config"]}
     except Exception:
         parser.error(f"--resume {args.resume}: checkpoint.pt is damaged or not a checkpoint of this script")
     return checkpoint, config
@@ -55,16 +60,32 @@ def new_run_dir(run_dir=None):
 
 
 def load_data(config, device):
-    """((train images, labels), (test images, labels)) on device, the training set cut to
-    config["limit"]; exits with one sentence when the data set is missing or damaged."""
+    """((train images, labels), (validation images, labels), (test images, labels)) on device:
+    the last config["validation"] training pictures held out of training to calibrate on, the
+    rest cut to config["limit"]; exits with one sentence when the data set is missing or damaged."""
     try:
         train_images, train_labels = load_mnist(config["data_dir"], train=True, device=device)
         test_set = load_mnist(config["data_dir"], train=False, device=device)
     except DataError as e:
         sys.exit(f"Error: {e}")
+    kept = len(train_images) - config["validation"]
+    validation = train_images[kept:], train_labels[kept:]
+    train_images, train_labels = train_images[:kept], train_labels[:kept]
     if config["limit"]:
         train_images, train_labels = train_images[:config["limit"]], train_labels[:config["limit"]]
-    return (train_images, train_labels), test_set
+    return (train_images, train_labels), validation, test_set
+
+
+def nondigits_of(config, count, device):
+    """The run's pictures that are not digits (training/nondigits.py) on device, drawn from its
+    seed, or None when it trains on none: config["nondigits"] of them, or fewer when an epoch of
+    count training digits uses fewer (each is distorted anew every time it is used)."""
+    if not config["nondigits"]:
+        return None
+    start = time.perf_counter()
+    bank = nondigit_bank(min(config["nondigits"], math.ceil(NONDIGITS * count)), config["seed"])
+    print(f"Drew {len(bank)} pictures that are not digits in {time.perf_counter() - start:.0f}s", flush=True)
+    return bank.to(device)
 
 
 @dataclass
@@ -124,9 +145,20 @@ class Run:
         self.save_checkpoint()
         self.write_metrics()
 
-    def finish(self, test_images, test_labels, evaluation):
-        """The figures, the final metrics, the weights and the record beside them; returns the
-        test accuracy in percent."""
+    def calibrate(self, validation):
+        """The temperature that calibrates the model's probabilities on the held-out validation
+        pictures (see training/calibration.py), or None when there are none."""
+        images, labels = validation
+        if len(images) == 0:
+            return None
+        temperature = fit_temperature(logits_of(self.model, images, precision=self.config["precision"]), labels)
+        print(f"Calibrated on {len(images)} held-out training digits: temperature {temperature:.3f}", flush=True)
+        return temperature
+
+    def finish(self, test_images, test_labels, evaluation, validation):
+        """The calibration, the figures, the final metrics, the weights and the record beside
+        them; returns the test accuracy in percent."""
+        temperature = self.calibrate(validation)
         labels, predictions = test_labels.cpu(), evaluation.predictions.cpu()
         confusion = torch.bincount(labels * 10 + predictions, minlength=100).reshape(10, 10)
         per_class = {str(d): round(100 * confusion[d, d].item() / confusion[d].sum().item(), 2) for d in range(10)}
@@ -136,13 +168,13 @@ class Run:
         save_figures(self.run_dir, self.history, confusion,
                      [Mistake(test_images[i, 0].cpu(), int(labels[i]), int(predictions[i])) for i in wrong])
         self.write_metrics(test_accuracy=accuracy, correct=correct, total=n_test, per_class_accuracy=per_class,
-                           confusion_matrix=confusion.tolist())
-        self.save_weights(accuracy, per_class)
+                           confusion_matrix=confusion.tolist(), temperature=temperature)
+        self.save_weights(accuracy, per_class, temperature)
         print(f"Saved weights to {self.config['weights']}; curves, confusion matrix and mistakes in {self.run_dir}/")
         print(f"Test accuracy: {accuracy:.2f}% ({correct}/{n_test})")
         return accuracy
 
-    def save_weights(self, accuracy, per_class):
+    def save_weights(self, accuracy, per_class, temperature):
         weights = self.config["weights"]
         # Saved from the CPU so that a plain torch.load(path) works on any machine.
         atomic_save({k: v.cpu() for k, v in self.model.state_dict().items()}, weights)
@@ -151,6 +183,7 @@ class Run:
                            "torch": torch.__version__, "device": str(self.device),
                            "precision": self.config["precision"], "data_sha256": MNIST_FILES,
                            "weights_sha256": sha256_of(weights), "run_dir": self.run_dir,
+                           **({} if temperature is None else {"temperature": temperature}),
                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                           metadata_path(weights))
 
