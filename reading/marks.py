@@ -20,8 +20,8 @@ class Mark(NamedTuple):
     probabilities: list = None
 
 
-BAR_REASON = "a horizontal stroke, as a dash or an underline is"
-UNDERLINE_REASON = "a line wider than any digit, as an underline is"
+BAR_REASON = "a horizontal stroke, such as a dash or an underline"
+UNDERLINE_REASON = "a line wider than any digit, such as an underline"
 
 # A straight stroke's ink, seen along its own axis, is about one pen wide; the wobble of a hand
 # drawing a dash adds less than a pen. No digit is one straight stroke near the horizontal (a 1
@@ -37,7 +37,8 @@ def is_bar(piece):
     horizontal: by its second moments, the extent across its main axis is within BAR_THICKNESS
     pen widths, along it at least BAR_LENGTH times that, and the axis tilts at most BAR_TILT."""
     ys, xs = np.nonzero(piece)
-    if len(ys) < 3:
+    # Such a stroke is always wider than tall, which most pieces of handwriting are not.
+    if len(ys) < 3 or np.ptp(xs) <= np.ptp(ys):
         return False
     cov = np.cov(np.stack([xs, ys]).astype(np.float64))
     values, vectors = np.linalg.eigh(cov)  # ascending: across the axis, then along it
