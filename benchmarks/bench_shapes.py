@@ -26,10 +26,11 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
-import app  # noqa: E402
-import predict  # noqa: E402
 from bench_numbers import KINDS, make_number  # noqa: E402
 from bench_predict import load_mnist_test  # noqa: E402
+
+import app  # noqa: E402
+import predict  # noqa: E402
 
 PAD = (480, 320)
 
