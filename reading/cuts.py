@@ -271,8 +271,10 @@ def choose_digits(group, count_slices, runs, count=None):
     joined into the likeliest reading (dynamic programming over the slices), each digit scored by
     the model's probabilities for it, how likely its shape is, how far ahead of the runner-up its
     reading is, and the ink its cut crosses. A candidate whose reading why_not_a_digit declines is
-    never a digit, only a mark (its Part's reason says why), scoring MARK_SCORE. With count, the
-    likeliest reading of exactly count digits, or None if the slices cannot make that many."""
+    never a digit, only a mark (its Part's reason says why), scoring MARK_SCORE. With count (the
+    digits a number reader sees, which has the last word on them), the likeliest reading of
+    exactly count digits, declined candidates included, or None if the slices cannot make that
+    many."""
     whole = [Part(group.box, group.mask, None, None)] if count in (None, 1) else None
     if count_slices == 1:
         return whole
@@ -281,19 +283,21 @@ def choose_digits(group, count_slices, runs, count=None):
     for c in runs:
         p = c.part.probabilities
         reason = why_not_a_digit(p)
-        if reason is None:
-            score = (CONFIDENCE_WEIGHT * np.log(p.max()) + _log_shape_prior(p, c.width, c.height)
-                     - MARGIN_COST * max(0.0, FULL_MARGIN - _logit_margin(p)) - CUT_COST * c.cut)
-            part, digits = c.part, 1 if count else 0
-        else:
-            score, part, digits = MARK_SCORE - CUT_COST * c.cut, c.part._replace(reason=reason), 0
-        for n in range((count or 0) + 1 - digits):
-            if (c.first, n) not in best:
-                continue
-            key = (c.stop, n + digits)
-            total = best[(c.first, n)][0] + score
-            if key not in best or total > best[key][0]:
-                best[key] = (total, best[(c.first, n)][1] + [part])
+        ways = []  # (score, part, digits it adds to n)
+        if reason is None or count:
+            ways.append((CONFIDENCE_WEIGHT * np.log(p.max()) + _log_shape_prior(p, c.width, c.height)
+                         - MARGIN_COST * max(0.0, FULL_MARGIN - _logit_margin(p)) - CUT_COST * c.cut,
+                         c.part, 1 if count else 0))
+        if reason is not None:
+            ways.append((MARK_SCORE - CUT_COST * c.cut, c.part._replace(reason=reason), 0))
+        for score, part, digits in ways:
+            for n in range((count or 0) + 1 - digits):
+                if (c.first, n) not in best:
+                    continue
+                key = (c.stop, n + digits)
+                total = best[(c.first, n)][0] + score
+                if key not in best or total > best[key][0]:
+                    best[key] = (total, best[(c.first, n)][1] + [part])
     end = (count_slices, count or 0)
     if end not in best:  # every way across had a sliver too faint to read: keep it whole
         return whole
