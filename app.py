@@ -12,7 +12,9 @@ close that they touch: the number reader, number_reader.pt, is used when it is t
     GET  /api/health    {"status": "ok"}
     POST /api/predict   body: an image file's bytes (any format Pillow reads), at most 10 MB
                         200 {"number": "42", "digits": [{"digit", "probabilities", "box", "seen"}],
-                             "digit": 4, "probabilities": [ten floats]}
+                             "left_out": [{"box", "reason"}], "digit": 4 or null,
+                             "reason": null or why the picture is not one digit,
+                             "probabilities": [ten floats]}
                         400 not an image, 408 over 30 s to arrive, 413 too large,
                         422 no ink, 500 unexpected: {"error": "<one sentence>"}
 
@@ -20,14 +22,15 @@ Every request is read by the same reading/ code as `python predict.py`, so the p
 command line never disagree about a picture. Pictures are read in --workers worker processes at
 once (by default one per CPU core, at most MAX_WORKERS), each with its own copy of the model and the number reader.
 
-The parts, in order: reading one uploaded picture, the worker processes, the web app, and the
-command line (main).
+Reading one uploaded picture is in app_reading.py; here, in order: the worker processes, the web
+app, and the command line (main). "number" holds the digits alone: marks that are not digits
+(letters, a unit, a dash, a scribble) are in "left_out", each with its box and reason; a picture
+of such marks alone is answered with "number" empty and "digit" null.
 """
 import argparse
 import asyncio
 import errno
 import gc
-import io
 import logging
 import multiprocessing
 import os
@@ -44,13 +47,12 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
-from PIL import Image, ImageDraw
 from starlette.requests import ClientDisconnect
 
 import predict
-from reading.digit_input import grey_levels, to_mnist
-from reading.images import open_file
-from reading.ink import read_ink
+
+# read_picture and what it uses are app's too: the tests and the worker processes find them here.
+from app_reading import open_upload, read_picture, seen_levels, warm_up  # noqa: F401
 from reading.models import reader_weights
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.html")
@@ -64,69 +66,6 @@ UPLOAD_SECONDS = 30
 MAX_WORKERS = 4
 
 log = logging.getLogger("app")
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading one uploaded picture
-
-def open_upload(data):
-    """The request body as a PIL image (not yet decoded; reading.images.open_image does that).
-    Raises NotAnImageError with a sentence a user can act on."""
-    if not data:
-        raise predict.NotAnImageError("The request body is empty: send the bytes of an image file.")
-    if data.startswith(b"--") and b"content-disposition" in data[:1024].lower():
-        raise predict.NotAnImageError("The request body is a form upload: send the image file's own "
-                                      "bytes as the body (curl --data-binary @digit.png).")
-    return open_file(io.BytesIO(data), "The request body")
-
-
-def seen_levels(tensor):
-    """The normalised 1x28x28 tensor the model read, as 784 grey levels 0-255 row by row: what
-    the page draws so the user sees what the model saw."""
-    return (grey_levels(tensor[0]) * 255).round().to(torch.uint8).flatten().tolist()
-
-
-def read_picture(model, data, reader=None):
-    """The answer of POST /api/predict for an image file's bytes (CPU work: run it off the event
-    loop), with the number reader too when given. Raises PredictError subclasses for bad
-    pictures."""
-    # The ink is found once and read both ways, just as predict_digits (the number) and
-    # preprocess_image (the whole picture as one digit) each read it on their own.
-    ink = read_ink(open_upload(data))
-    try:
-        readings, failure = predict.read_digits(model, ink, reader), None
-    except predict.NoDigitError as error:
-        readings, failure = [], error
-    if len(readings) == 1 and readings[0].all_ink:
-        # A single digit made of all the ink is the whole picture read as one digit: the same
-        # input in the same forward pass of one, so the same answer, computed once.
-        digit, probabilities = readings[0].digit, readings[0].probabilities
-    else:
-        # (When both readings fail, the sentence given is this one's.)
-        whole = predict.predict_batch(model, [to_mnist(ink.levels, ink.mask, ink.name)])[0]
-        digit, probabilities = int(whole.argmax()), whole.tolist()
-    if failure is not None:
-        raise failure
-    return {
-        "number": "".join(str(r.digit) for r in readings),
-        "digits": [{"digit": r.digit, "probabilities": list(r.probabilities), "box": list(r.box),
-                    "seen": seen_levels(r.image)} for r in readings],
-        "digit": digit,
-        "probabilities": list(probabilities),
-    }
-
-
-def warm_up(model, reader=None):
-    """Read one small drawing, so that the first picture a person sends does not pay for the
-    set-up torch, NumPy and SciPy do on their first call."""
-    img = Image.new("L", (120, 80), 255)
-    ImageDraw.Draw(img).line([(40, 15), (80, 15), (55, 65)], fill=0, width=8)
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    try:
-        read_picture(model, buf.getvalue(), reader)
-    except Exception as error:  # noqa: BLE001  (only the first answer's speed is at stake: serve)
-        log.warning("Reading a first drawing at start-up failed (%s); serving anyway.", error)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,16 +45,18 @@ from reading.errors import (BadWeightsError, ImageNotFoundError, NoDigitError, N
                             PredictError, WeightsNotFoundError)
 from reading.figures import has_display, number_confidence, pyplot, show_number, show_prediction
 from reading.ink import read_ink
+from reading.marks import Mark
 from reading.models import (DEFAULT_READER, DEFAULT_WEIGHTS, load_model, load_reader, predict_batch, read_row,
                             reader_weights)
-from reading.segment import count_digits, split_number
+from reading.segment import count_digits, split_marks
 from reading.verdict import why_not_a_digit
 
 # What users import from here; the errors and the loaders live in reading/.
 __all__ = ["load_model", "load_reader", "predict_user_input", "predict_with_probabilities", "read_digit",
-           "Reading", "predict_number", "predict_digits", "read_digits", "preprocess_image", "number_confidence",
-           "DigitReading", "DEFAULT_WEIGHTS", "DEFAULT_READER", "PredictError", "WeightsNotFoundError",
-           "BadWeightsError", "ImageNotFoundError", "NotAnImageError", "NoDigitError", "NotADigitError"]
+           "Reading", "predict_number", "predict_number_reading", "read_number", "NumberReading", "Mark",
+           "predict_digits", "read_digits", "preprocess_image", "number_confidence", "DigitReading",
+           "DEFAULT_WEIGHTS", "DEFAULT_READER", "PredictError", "WeightsNotFoundError", "BadWeightsError",
+           "ImageNotFoundError", "NotAnImageError", "NoDigitError", "NotADigitError"]
 
 # Edit this to point at your own image, then run `python predict.py`.
 image_path = "samples/digit.jpg"
@@ -110,29 +112,66 @@ class DigitReading(NamedTuple):
     all_ink: bool = False
 
 
+class NumberReading(NamedTuple):
+    """A number read in a picture: digits (DigitReading tuples, left to right) and left_out (Mark
+    tuples, left to right: box, reason, probabilities), the marks that are not digits (letters,
+    a unit, a dash, an underline, a scribble) and so are no part of the number."""
+    digits: list
+    left_out: list
+
+
 def predict_digits(model, image_path, reader=None):
     """Each digit written in the picture (a path or a PIL image), left to right, as DigitReading
-    tuples. Touching digits are cut where the model reads the parts most confidently; with a
-    reader (load_reader), a group of touching digits is also read whole, which reads them better."""
+    tuples; marks that are not digits are left out (predict_number_reading lists them). Touching
+    digits are cut where the model reads the parts most confidently; with a reader (load_reader),
+    a group of touching digits is also read whole, which reads them better."""
     return read_digits(model, read_ink(image_path), reader)
+
+
+def predict_number_reading(model, image_path, reader=None):
+    """The NumberReading of the picture: its digits as predict_digits gives them, and the marks
+    left out of the number with the reason for each. Raises NotADigitError when there is ink but
+    no digit in it, and the errors of predict_digits."""
+    return read_number(model, read_ink(image_path), reader, require_digits=True)
 
 
 def read_digits(model, ink, reader=None):
     """predict_digits for a picture already read by reading.ink.read_ink."""
+    return read_number(model, ink, reader, require_digits=True).digits
+
+
+def read_number(model, ink, reader=None, require_digits=False):
+    """predict_number_reading for a picture already read by reading.ink.read_ink; with
+    require_digits False, a picture of marks alone is a NumberReading with no digits."""
     read_line = None if reader is None else lambda levels, mask, name: read_row(reader, levels, mask, name)
-    digits = split_number(ink, lambda batch: predict_batch(model, batch), read_line)
-    if not digits:
-        raise NoDigitError(f"No digit found in {ink.name}: the image is blank or uniform.")
-    probs = predict_batch(model, [d.tensor for d in digits])
+    found = split_marks(ink, lambda batch: predict_batch(model, batch), read_line)
+    if not found.digits and (require_digits or not found.marks):
+        raise _no_digit(ink.name, found.marks)
+    probs = predict_batch(model, [d.tensor for d in found.digits]) if found.digits else []
     probs = [p.tolist() if d.reader_probabilities is None else d.reader_probabilities
-             for d, p in zip(digits, probs)]
-    return [DigitReading(p.index(max(p)), p, d.box, d.tensor, d.all_ink)
-            for d, p in zip(digits, probs)]
+             for d, p in zip(found.digits, probs)]
+    return NumberReading([DigitReading(p.index(max(p)), p, d.box, d.tensor, d.all_ink)
+                          for d, p in zip(found.digits, probs)], found.marks)
+
+
+def _no_digit(name, marks):
+    if not marks:
+        return NoDigitError(f"No digit found in {name}: the image is blank or uniform.")
+    if len(marks) == 1:
+        return NotADigitError(f"No digit found in {name}: its ink is not a digit ({marks[0].reason}).")
+    return NotADigitError(f"No digit found in {name}: none of its {len(marks)} marks is a digit (the "
+                          f"first: {marks[0].reason}).")
+
+
+def marks_left_out(count):
+    """'2 marks that are not digits left out', for count marks."""
+    return f"{count} mark{'s' if count != 1 else ''} that {'are' if count != 1 else 'is'} not " \
+           f"{'digits' if count != 1 else 'a digit'} left out"
 
 
 def predict_number(model, image_path, reader=None):
     """The number written in the picture as a str of its digits left to right, leading zeros
-    kept ("007"). reader: as for predict_digits."""
+    kept ("007"); marks that are not digits are left out. reader: as for predict_digits."""
     return "".join(str(d.digit) for d in predict_digits(model, image_path, reader))
 
 
@@ -171,7 +210,7 @@ def _read_one(model, path):
 
 def _read_number(model, reader, path):
     try:
-        return predict_digits(model, path, reader)
+        return predict_number_reading(model, path, reader)
     except PredictError as error:
         return _bare(error)
 
@@ -189,10 +228,12 @@ def format_line(path, probs, top_k=1):
     return f"{path}: {ranked}"
 
 
-def format_number(path, readings):
-    """'path: number (confidence%)', the confidence that every digit is right."""
+def format_number(path, readings, left_out=()):
+    """'path: number (confidence%)', the confidence that every digit is right, then how many
+    marks that are not digits were left out of it, if any."""
     number = "".join(str(r.digit) for r in readings)
-    return f"{path}: {number} ({100 * number_confidence(readings):.1f}%)"
+    marks = f", {marks_left_out(len(left_out))}" if left_out else ""
+    return f"{path}: {number} ({100 * number_confidence(readings):.1f}%){marks}"
 
 
 def parse_args(argv=None):
@@ -261,10 +302,11 @@ class Output:
     def _keep_open(self):
         return self.display and len(self.figures) < 10
 
-    def number(self, path, readings):
-        print(format_number(path, readings), flush=True)
+    def number(self, path, reading):
+        print(format_number(path, reading.digits, reading.left_out), flush=True)
         if self.args.show:
-            show_number(path, readings, self.figures, keep_open=self._keep_open())
+            show_number(path, reading.digits, self.figures, keep_open=self._keep_open(),
+                        left_out=reading.left_out)
 
     def digit(self, path, tensor, probs, count):
         several = f"; it holds {count} digits: use --number to read them all" if count > 1 else ""

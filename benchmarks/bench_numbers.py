@@ -18,6 +18,10 @@ stroke widths, enlarged with sharp edges). Kinds:
            style
   canvas   2-5 digits drawn on a transparent canvas (a drawing app's or a web page's export),
            black, white or coloured strokes
+  words    1-4 digits beside a unit or a word written by hand after them ("82 km", "1280 kWh",
+           "19 mph", "12 ML") or a sign before them ("$", "€", "#"), letters drawn as pen strokes
+           (benchmarks/letters.py); the same photo style as spaced. Read right only where the
+           number read is its digits alone: the letters are left out
 Reports whole-number accuracy (every digit right and no digit missing or extra) and per-digit
 accuracy (1 - edit distance / number of digits, so a missed or extra digit counts as an error),
 by cutting alone and, where the number reader (number_reader.py) is there, with it, side by side
@@ -41,10 +45,11 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 from bench_predict import finish_photo, lighting, load_mnist_test, written  # noqa: E402
+from letters import AFTER, BEFORE, word_inks  # noqa: E402
 
 import predict  # noqa: E402  (the repo root is only on the path once the lines above ran)
 
-KINDS = ["spaced", "tight", "canvas"]
+KINDS = ["spaced", "tight", "canvas", "words"]
 
 
 def lay_out(digit_inks, gaps, sizes, rng, slant, touching=False):
@@ -116,7 +121,32 @@ def make_number(kind, digits28, rng):
         buf = io.BytesIO()
         Image.fromarray(rgba, "RGBA").save(buf, "PNG")
         return buf.getvalue(), ".png"
-    # A phone photo: the number somewhere on a larger sheet.
+    return phone_photo(ink, rng)
+
+
+def make_words(digits28, rng):
+    """(file bytes, extension) of a phone photo of the number made of the given MNIST digits
+    with a word or unit written after it, or a sign before it."""
+    height = rng.uniform(40, 110)
+    sizes = [int(height * rng.uniform(0.85, 1.15)) for _ in digits28]
+    inks = [written(d, s) for d, s in zip(digits28, sizes)]
+    gaps = [rng.uniform(0.02, 0.5) * height for _ in range(len(digits28) - 1)]
+    before = rng.random() < 0.25
+    word = (BEFORE if before else AFTER)[rng.integers(len(BEFORE if before else AFTER))]
+    letters = word_inks(word, height * rng.uniform(0.85, 1.05), rng)
+    spacing = [rng.uniform(0.03, 0.15) * height for _ in range(len(letters) - 1)]
+    space = rng.uniform(0.3, 0.8) * height
+    if before:
+        inks, gaps = letters + inks, spacing + [space] + gaps
+    else:
+        inks, gaps = inks + letters, gaps + [space] + spacing
+    ink = lay_out(inks, gaps, sizes + [int(height)] * len(letters), rng, rng.uniform(-0.2, 0.2))
+    return phone_photo(ink, rng)
+
+
+def phone_photo(ink, rng):
+    """(JPEG bytes, ".jpg") of ink (levels in [0, 1]) written on a sheet and photographed."""
+    # The ink somewhere on a larger sheet.
     h, w = ink.shape
     sheet = np.zeros((int(h * rng.uniform(1.2, 2.0)), int(w * rng.uniform(1.05, 1.4))), np.float32)
     top, left = rng.integers(0, sheet.shape[0] - h + 1), rng.integers(0, sheet.shape[1] - w + 1)
@@ -175,14 +205,15 @@ def parse_args(argv=None):
 def run_kind(args, kind, folder, images, labels, model, ways):
     """Writes the kind's numbers to folder and reads each every way; a table row per way."""
     os.makedirs(folder, exist_ok=True)
-    low, high = {"spaced": (3, 7), "tight": (4, 6), "canvas": (2, 5)}[kind]
+    low, high = {"spaced": (3, 7), "tight": (4, 6), "canvas": (2, 5), "words": (1, 4)}[kind]
     whole, right, seconds = [0] * len(ways), [0] * len(ways), [0.0] * len(ways)
     digits_total = 0
     for n in range(args.per_kind):
         rng = np.random.default_rng([args.seed, KINDS.index(kind), n])
         picked = rng.choice(len(images), size=int(rng.integers(low, high + 1)), replace=False)
         truth = "".join(str(labels[i]) for i in picked)
-        data, ext = make_number(kind, [images[i] for i in picked], rng)
+        digits28 = [images[i] for i in picked]
+        data, ext = make_words(digits28, rng) if kind == "words" else make_number(kind, digits28, rng)
         path = os.path.join(folder, f"{n:04d}_{truth}{ext}")
         with open(path, "wb") as f:
             f.write(data)

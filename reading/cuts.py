@@ -11,6 +11,7 @@ from scipy import ndimage
 from reading.digit_input import to_mnist
 from reading.errors import NoDigitError
 from reading.ink import stroke_width
+from reading.verdict import why_not_a_digit
 
 
 class Slice(NamedTuple):
@@ -25,11 +26,13 @@ class Slice(NamedTuple):
 class Part(NamedTuple):
     """One digit as the slices make it: box (slices of the picture), mask (bool, its ink within
     box), tensor (the model's input) and probabilities (the model's, an array of ten); tensor
-    and probabilities are None for a group kept whole, which has not been read yet."""
+    and probabilities are None for a group kept whole, which has not been read yet. reason: None
+    for a digit, or why the ink is a mark that is no digit (reading.verdict.why_not_a_digit's)."""
     box: tuple
     mask: np.ndarray
     tensor: torch.Tensor
     probabilities: np.ndarray
+    reason: str = None
 
 
 class Candidate(NamedTuple):
@@ -44,12 +47,13 @@ class Candidate(NamedTuple):
     cut: float
 
 
-def slices(ink, group, line):
+def slices(ink, group, line, coarse=1.0):
     """The Slices a group may be made of, left to right: the whole group when it is narrow
     enough for one digit; else the slices between cut paths. Each path runs from the top of the
     group to its bottom, along the writing's slant, through as little ink as it can (so between
     two digits that touch it finds their contact), from a start at each minimum of the ink's
-    projection along the writing and every CUT_STEP of the line height."""
+    projection along the writing and every CUT_STEP of the line height, both spaced coarse times
+    wider (see coarseness)."""
     if group.right - group.left <= 0.75 * line:
         return [Slice(group.mask, group.left, group.right, 0.0)]
     box = group.box
@@ -65,7 +69,7 @@ def slices(ink, group, line):
     for r, s in enumerate(shift):
         upright[r, width - region.shape[1] - s:width - s] = levels[r]
     offset = width - region.shape[1] - shift  # u = x + offset[r]
-    starts = cut_starts(upright.sum(axis=0), line)
+    starts = cut_starts(upright.sum(axis=0), line, coarse)
     paths = [np.zeros(len(rows), int)]
     for path in cheapest_paths(upright, starts, max(2, int(REACH * line))):
         paths.append(np.maximum(path, paths[-1]))
@@ -97,21 +101,46 @@ REACH = 0.35
 ANCHOR = 0.01
 
 
-def cut_starts(profile, line):
+def cut_starts(profile, line, coarse=1.0):
     """Columns to start cut paths at: the minima of the projection, then every CUT_STEP of the
-    line height where no minimum is near, never closer than a tenth of the height to an end."""
+    line height where no minimum is near, never closer than a tenth of the height to an end or
+    (times coarse) to each other."""
     smooth = ndimage.uniform_filter1d(profile, max(1, int(0.05 * line)), mode="constant")
     margin = max(1, int(0.1 * line))
-    window = ndimage.minimum_filter1d(smooth, 2 * margin + 1, mode="nearest")
+    spacing = max(1, int(0.1 * coarse * line))
+    window = ndimage.minimum_filter1d(smooth, 2 * spacing + 1, mode="nearest")
     inked = np.flatnonzero(profile > 0)
     lo, hi = inked[0] + margin, inked[-1] + 1 - margin
     cuts = []
     for i in sorted((i for i in range(lo, hi) if smooth[i] == window[i]), key=lambda i: smooth[i]):
-        if all(abs(i - c) >= margin for c in cuts):
+        if all(abs(i - c) >= spacing for c in cuts):
             cuts.append(i)
-    step = max(1, int(CUT_STEP * line))
-    cuts += [i for i in range(lo, hi, step) if all(abs(i - c) >= margin for c in cuts)]
+    step = max(1, int(CUT_STEP * coarse * line))
+    cuts += [i for i in range(lo, hi, step) if all(abs(i - c) >= spacing for c in cuts)]
     return sorted(cuts)
+
+
+def coarseness(found, line, most):
+    """How much wider than CUT_STEP to space the cuts so that the runs of slices that may be one
+    digit (see candidates), over all the groups' slices found, are about most at the most: 1 when
+    they are already. The runs grow with the square of the slices per line height."""
+    runs = sum(_count_runs(f, line) for f in found)
+    return 1.0 if runs <= most else float(np.sqrt(runs / most))
+
+
+def _count_runs(found, line):
+    """How many runs of consecutive slices candidates would read (one slice alone: none)."""
+    if len(found) == 1:
+        return 0
+    runs = 0
+    for i in range(len(found)):
+        left, right = found[i].left, found[i].right
+        for j in range(i, len(found)):
+            left, right = min(left, found[j].left), max(right, found[j].right)
+            if j > i and right - left > 1.6 * line:
+                break
+            runs += 1
+    return runs
 
 
 def cheapest_paths(cost, starts, reach):
@@ -231,12 +260,21 @@ def candidates(ink, group, found, line, classify):
     return [c._replace(part=c.part._replace(probabilities=p)) for c, p in zip(runs, probs)]
 
 
+# What a mark (ink that is no digit) scores in choose_digits: as much as a digit read at even
+# odds with the runner-up close behind, so a confident digit always beats it, and one mark over
+# a whole letter beats the letter cut into several marks or into pieces that pass for digits.
+MARK_SCORE = CONFIDENCE_WEIGHT * float(np.log(0.5)) - MARGIN_COST * FULL_MARGIN
+
+
 def choose_digits(group, count_slices, runs, count=None):
-    """The Parts of the digits in a group of count_slices slices: the candidates (runs) joined
-    into the likeliest reading (dynamic programming over the slices), each digit scored by the
-    model's probabilities for it, how likely its shape is, how far ahead of the runner-up its
-    reading is, and the ink its cut crosses. With count, the likeliest reading of exactly count
-    digits, or None if the slices cannot make that many."""
+    """The Parts of the digits and marks in a group of count_slices slices: the candidates (runs)
+    joined into the likeliest reading (dynamic programming over the slices), each digit scored by
+    the model's probabilities for it, how likely its shape is, how far ahead of the runner-up its
+    reading is, and the ink its cut crosses. A candidate whose reading why_not_a_digit declines is
+    never a digit, only a mark (its Part's reason says why), scoring MARK_SCORE. With count (the
+    digits a number reader sees, which has the last word on them), the likeliest reading of
+    exactly count digits, declined candidates included, or None if the slices cannot make that
+    many."""
     whole = [Part(group.box, group.mask, None, None)] if count in (None, 1) else None
     if count_slices == 1:
         return whole
@@ -244,15 +282,22 @@ def choose_digits(group, count_slices, runs, count=None):
     best = {(0, 0): (0.0, [])}
     for c in runs:
         p = c.part.probabilities
-        score = (CONFIDENCE_WEIGHT * np.log(p.max()) + _log_shape_prior(p, c.width, c.height)
-                 - MARGIN_COST * max(0.0, FULL_MARGIN - _logit_margin(p)) - CUT_COST * c.cut)
-        for n in range(count or 1):
-            if (c.first, n) not in best:
-                continue
-            key = (c.stop, n + 1 if count else 0)
-            total = best[(c.first, n)][0] + score
-            if key not in best or total > best[key][0]:
-                best[key] = (total, best[(c.first, n)][1] + [c.part])
+        reason = why_not_a_digit(p)
+        ways = []  # (score, part, digits it adds to n)
+        if reason is None or count:
+            ways.append((CONFIDENCE_WEIGHT * np.log(p.max()) + _log_shape_prior(p, c.width, c.height)
+                         - MARGIN_COST * max(0.0, FULL_MARGIN - _logit_margin(p)) - CUT_COST * c.cut,
+                         c.part, 1 if count else 0))
+        if reason is not None:
+            ways.append((MARK_SCORE - CUT_COST * c.cut, c.part._replace(reason=reason), 0))
+        for score, part, digits in ways:
+            for n in range((count or 0) + 1 - digits):
+                if (c.first, n) not in best:
+                    continue
+                key = (c.stop, n + digits)
+                total = best[(c.first, n)][0] + score
+                if key not in best or total > best[key][0]:
+                    best[key] = (total, best[(c.first, n)][1] + [part])
     end = (count_slices, count or 0)
     if end not in best:  # every way across had a sliver too faint to read: keep it whole
         return whole

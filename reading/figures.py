@@ -64,12 +64,14 @@ def show_prediction(path, tensor, probs, taken, keep_open=False):
     return _save_figure(plt, fig, path, taken, keep_open)
 
 
-def show_number(path, readings, taken, keep_open=False):
+def show_number(path, readings, taken, keep_open=False, left_out=()):
     """Write the figure for a number: the picture with each digit's box and reading drawn on it,
-    and below it the 28x28 each digit became, with its confidence. Returns the file name."""
+    and each mark left out of it (left_out: reading.marks.Mark tuples) boxed with a number keyed
+    to its reason in the title; below, the 28x28 each digit became, with its confidence. Returns
+    the file name."""
     plt = pyplot()
     original, scale = open_image(path, with_scale=True)
-    n = len(readings)
+    n = max(len(readings), 1)
     fig = plt.figure(figsize=(max(6.0, 1.3 * n), 6.5))
     grid = fig.add_gridspec(2, n, height_ratios=[3.2, 1])
     top = fig.add_subplot(grid[0, :])
@@ -79,8 +81,14 @@ def show_number(path, readings, taken, keep_open=False):
         top.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2, color="tab:orange"))
         top.text(x0, y0, str(r.digit), color="white", fontsize=14, va="bottom",
                  bbox=dict(facecolor="tab:orange", pad=1, lw=0))
+    for k, mark in enumerate(left_out, start=1):
+        x0, y0, x1, y1 = (v / scale for v in mark.box)
+        top.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ls="--", color="tab:gray"))
+        top.text(x0, y0, f"not a digit ({k})", color="white", fontsize=9, va="bottom",
+                 bbox=dict(facecolor="tab:gray", pad=1, lw=0))
+    left = "".join(f"\n({k}) not a digit: {mark.reason}" for k, mark in enumerate(left_out, start=1))
     top.set_title(f"read as {''.join(str(r.digit) for r in readings)} "
-                  f"({100 * number_confidence(readings):.1f}% that every digit is right)")
+                  f"({100 * number_confidence(readings):.1f}% that every digit is right){left}")
     top.axis("off")
     for i, r in enumerate(readings):
         ax = fig.add_subplot(grid[1, i])

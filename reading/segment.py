@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from reading.cuts import candidates, choose_digits, slices
+from reading.cuts import candidates, choose_digits, coarseness, slices
 from reading.digit_input import to_mnist
 from reading.errors import NoDigitError
 from reading.ink import label_pieces, read_ink
+from reading.marks import BAR_REASON, UNDERLINE_REASON, Mark, is_bar
+from reading.verdict import why_not_a_digit
 
 
 class Digit(NamedTuple):
@@ -55,37 +57,87 @@ def find_digits(image, classify, read_line=None):
 
 
 def split_number(ink, classify, read_line=None):
-    """The digits in ink (an Ink), left to right.
+    """The digits in ink (an Ink), left to right (split_marks gives the marks left out too)."""
+    return split_marks(ink, classify, read_line).digits
+
+
+class NumberInk(NamedTuple):
+    """What split_marks finds in a picture's ink: digits (Digit tuples, left to right) and marks
+    (reading.marks.Mark tuples, left to right), the ink that is no digit, left out of the number."""
+    digits: list
+    marks: list
+
+
+def split_marks(ink, classify, read_line=None):
+    """The digits in ink (an Ink), left to right, and the marks that are not digits, as a
+    NumberInk.
 
     Handwriting as people write it: pieces of ink one above the other make one digit (see
     digit_groups); a group too wide for one digit is sliced along cheap paths through its ink
-    (see cuts.slices), and the way of joining the slices into digits that reads best is chosen
-    (see cuts.choose_digits), so a wide 0 stays one 0 and two digits that touch become two. With a number
-    reader, a group too wide for one digit is also read whole, and its reading taken where it is
-    clearly the likelier one (see _prefer_reader)."""
-    groups = digit_groups(ink)
+    (see cuts.slices), and the way of joining the slices into digits and marks that reads best
+    is chosen (see cuts.choose_digits), so a wide 0 stays one 0, two digits that touch become
+    two, and a letter beside them is one mark rather than several digits. A digit whose reading
+    reading.verdict.why_not_a_digit declines is a mark, as is a straight horizontal stroke. With
+    a number reader, a group too wide for one digit is also read whole, and its reading taken
+    where it is clearly the likelier one (see _prefer_reader)."""
+    groups, bars = sort_ink(ink)
+    marks = [(float(b.left), Mark(_original_box(b.box, ink.scale), reason)) for b, reason in bars]
     if not groups:
-        return []
+        return NumberInk([], [m for _, m in sorted(marks, key=lambda m: m[0])])
     line = float(np.median([g.height for g in groups if g.height >= 0.5 * max(x.height for x in groups)]))
-    digits = []
-    # A digit's mask is part of the ink's, so it is all the ink when it has as many pixels.
-    ink_pixels = np.count_nonzero(ink.mask)
-    for group in groups:
-        found = slices(ink, group, line)
+    parts = []
+    for group, found in zip(groups, _slice_groups(ink, groups, line)):
         runs = candidates(ink, group, found, line, classify)
         chosen = choose_digits(group, len(found), runs)
         read = [None] * len(chosen)
         if read_line is not None and len(found) > 1:
             chosen, read = _prefer_reader(ink, group, len(found), runs, chosen, classify, read_line)
-        for part, probabilities in zip(chosen, read):
-            tensor = part.tensor
-            if tensor is None:
-                tensor = to_mnist(ink.levels[part.box], part.mask, ink.name)
-            all_ink = bool(np.count_nonzero(part.mask) == ink_pixels)
-            digits.append((float(group.sheared[part.box][part.mask].mean()),
-                           Digit(_original_box(part.box, ink.scale), tensor, all_ink, probabilities)))
-    digits.sort(key=lambda d: d[0])
-    return [digit for _, digit in digits]
+        parts += [(group, part, probabilities) for part, probabilities in zip(chosen, read)]
+    parts = _read_whole(ink, parts, classify)
+    digits = []
+    # A digit's mask is part of the ink's, so it is all the ink when it has as many pixels.
+    ink_pixels = np.count_nonzero(ink.mask)
+    for group, part, probabilities in parts:
+        along = float(group.sheared[part.box][part.mask].mean())
+        box = _original_box(part.box, ink.scale)
+        reason = part.reason if probabilities is None else None
+        if reason is not None:
+            marks.append((along, Mark(box, reason, part.probabilities.tolist())))
+            continue
+        all_ink = bool(np.count_nonzero(part.mask) == ink_pixels)
+        digits.append((along, Digit(box, part.tensor, all_ink, probabilities)))
+    return NumberInk([d for _, d in sorted(digits, key=lambda d: d[0])],
+                     [m for _, m in sorted(marks, key=lambda m: m[0])])
+
+
+def _slice_groups(ink, groups, line):
+    """Each group's slices (cuts.slices), all cut no finer than MAX_CANDIDATES allows: the work of
+    reading a picture grows with the runs of slices that may be one digit, which ink far wider
+    than it is tall (a long stroke, a scribble across the page) would make by the thousand."""
+    found = [slices(ink, group, line) for group in groups]
+    coarse = coarseness(found, line, MAX_CANDIDATES)
+    if coarse > 1:
+        found = [slices(ink, group, line, coarse) for group in groups]
+    return found
+
+
+# The most runs of slices read for one picture. Each costs about half a millisecond (its input
+# made, then read by the model): this many read in about 100 ms on one core, and few rows of
+# touching digits make more (a row of five or six makes 60-160).
+MAX_CANDIDATES = 128
+
+
+def _read_whole(ink, parts, classify):
+    """parts (group, Part, reader's probabilities) with each group kept whole read by the model
+    in one batch, and any digit whose reading why_not_a_digit declines marked with the reason."""
+    whole = [i for i, (_, part, _) in enumerate(parts) if part.tensor is None]
+    tensors = [to_mnist(ink.levels[parts[i][1].box], parts[i][1].mask, ink.name) for i in whole]
+    probs = classify(torch.stack(tensors)).double().numpy() if tensors else []
+    parts = list(parts)
+    for i, tensor, p in zip(whole, tensors, probs):
+        parts[i] = (parts[i][0], parts[i][1]._replace(tensor=tensor, probabilities=p), parts[i][2])
+    return [(g, part if part.reason is not None else part._replace(reason=why_not_a_digit(part.probabilities)), r)
+            for g, part, r in parts]
 
 
 def count_digits(ink, classify):
@@ -112,12 +164,20 @@ class Group(NamedTuple):
 
 
 def digit_groups(ink):
-    """The ink's pieces grouped into digits, in no particular order: pieces one above the other,
-    seen along the writing's common slant, make one digit (a 4 in two strokes, a broken 7, a 5
-    whose bar floats); specks far smaller than the digits beside them are left out."""
+    """The ink's pieces grouped into digits, in no particular order (see sort_ink)."""
+    return sort_ink(ink)[0]
+
+
+def sort_ink(ink):
+    """(groups, bars): the ink's pieces grouped into digits, in no particular order, and the
+    straight horizontal strokes set aside as no digit, each with its reason. Pieces one above
+    the other, seen along the writing's common slant, make one digit (a 4 in two strokes, a
+    broken 7, a 5 whose bar floats); a horizontal stroke over no other piece (a dash, the bar of a
+    7 not yet given its stem) or wider than a digit (an underline) is no part of any digit;
+    specks far smaller than the digits beside them are left out."""
     labels, count = label_pieces(ink.mask) if ink.pieces is None else ink.pieces
     if count == 0:
-        return []
+        return [], []
     h, w = ink.mask.shape
     slant = _common_slant(ink.mask, labels, count)
     sheared = (np.arange(w, dtype=np.float32)[None, :]
@@ -127,19 +187,44 @@ def digit_groups(ink):
     left = np.array([a.min() for a in along])
     right = np.array([a.max() for a in along]) + 1
     heights = np.array([b[0].stop - b[0].start for b in boxes])
-    # The height of a digit in this picture: the median of the pieces that are not fragments.
-    height = float(np.median(heights[heights >= 0.5 * heights.max()]))
-    groups = []
-    for members in _group_pieces(left, right, heights < 0.6 * height):
+    bar = np.array([is_bar(labels[b] == k) for k, b in enumerate(boxes, start=1)])
+    # The height of a digit in this picture: the median of the pieces that are not fragments
+    # (nor strokes set aside, when there is anything else).
+    tall = heights[~bar] if (~bar).any() else heights
+    height = float(np.median(tall[tall >= 0.5 * tall.max()]))
+    aside = _bars_aside(bar, left, right, height)
+    groups, bars = [], []
+    for members in _group_pieces(left, right, heights < 0.6 * height, aside):
         box = tuple(slice(min(boxes[m][d].start for m in members), max(boxes[m][d].stop for m in members))
                     for d in (0, 1))
         mask = np.isin(labels[box], members + 1)
         group_height = box[0].stop - box[0].start
         lo, hi = float(left[members].min()), float(right[members].max())
-        if max(group_height, hi - lo) < 0.3 * height:
-            continue  # a speck, a dot or a comma beside digits of full height
-        groups.append(Group(mask, box, lo, hi, group_height, sheared, slant))
-    return groups
+        group = Group(mask, box, lo, hi, group_height, sheared, slant)
+        if len(members) == 1 and members[0] in aside:
+            bars.append((group, aside[members[0]]))
+        elif max(group_height, hi - lo) >= 0.3 * height:  # not a speck, a dot or a comma
+            groups.append(group)
+    return groups, bars
+
+
+# No single digit is this much wider than the digits' height (MNIST's widest are 1.4 as wide).
+UNDERLINE_WIDTH = 1.5
+
+
+def _bars_aside(bar, left, right, height):
+    """{piece index: reason} for the straight horizontal strokes that are no part of a digit:
+    those over or under no other piece (a dash, a bar alone) and those wider than any digit (an
+    underline, a line through a number). A bar over one other piece may be a 5's or a 7's, and
+    joins it."""
+    aside = {}
+    for i in np.flatnonzero(bar):
+        overlaps = (np.minimum(right, right[i]) > np.maximum(left, left[i])) & ~bar
+        if not overlaps.any():
+            aside[int(i)] = BAR_REASON
+        elif right[i] - left[i] > UNDERLINE_WIDTH * height:
+            aside[int(i)] = UNDERLINE_REASON
+    return aside
 
 
 def _common_slant(mask, labels, count):
@@ -159,11 +244,11 @@ def _common_slant(mask, labels, count):
     return float(np.clip((dx * dy).sum() / var_y, -0.5, 0.5))
 
 
-def _group_pieces(left, right, short):
+def _group_pieces(left, right, short, aside=()):
     """Lists of piece indices that make one digit: pieces whose extents along the writing overlap
     by at least half the narrower one's width, or at all where one of them is short (a floating
-    bar, a fragment of a broken stroke), joined until no more join."""
-    order = np.argsort(left)
+    bar, a fragment of a broken stroke), joined until no more join. A piece in aside joins none."""
+    order = [i for i in np.argsort(left) if i not in aside]
     groups = [[i] for i in order]
     spans = [(left[i], right[i]) for i in order]
     merged = True
@@ -182,7 +267,7 @@ def _group_pieces(left, right, short):
                     break
             if merged:
                 break
-    return [np.array(g) for g in groups]
+    return [np.array(g) for g in groups + [[i] for i in aside]]
 
 
 # The number reader's reading of a group replaces the cut-apart one only where it is this much
@@ -193,28 +278,36 @@ READER_MARGIN = 2.0
 
 
 def _prefer_reader(ink, group, count_slices, runs, chosen, classify, read_line):
-    """(digits as cuts.choose_digits gives them, the reader's probabilities for each or None): the
-    reader's reading of a group too wide for one digit where it disagrees with the cuts' and is
-    READER_MARGIN likelier under the reader, the cuts' otherwise. Where a single digit is all
-    either sees, the CNN's reading stands: on one digit it is the better reader. The reader's
-    digits get the boxes of the likeliest cuts into that many digits."""
+    """(digits and marks as cuts.choose_digits gives them, the reader's probabilities for each
+    digit or None): the reader's reading of a group too wide for one digit, with the marks the
+    cuts found left out of its ink, where it disagrees with the cuts' and is READER_MARGIN
+    likelier under the reader, the cuts' otherwise. Where the reader sees a single digit and the
+    cuts one or none, the CNN's reading stands: on one digit it is the better reader. The
+    reader's digits get the boxes of the likeliest cuts into that many digits."""
     keep = (chosen, [None] * len(chosen))
+    mask = group.mask.copy()
+    for part in chosen:
+        if part.reason is not None:
+            rows, cols = (slice(p.start - g.start, p.stop - g.start) for p, g in zip(part.box, group.box))
+            mask[rows, cols] &= ~part.mask
     try:
-        reading = read_line(ink.levels[group.box], group.mask, ink.name)
+        reading = read_line(ink.levels[group.box], mask, ink.name)
     except NoDigitError:
         return keep
     # The cuts' digits were read with the candidates; only a group kept whole is read here.
+    digit_parts = [part for part in chosen if part.reason is None]
     cut_digits = [int(part.probabilities.argmax()) if part.probabilities is not None
                   else int(classify(to_mnist(ink.levels[part.box], part.mask, ink.name)[None])[0].argmax())
-                  for part in chosen]
-    if (not reading.digits or reading.digits == cut_digits or len(reading.digits) == len(cut_digits) == 1
+                  for part in digit_parts]
+    if (not reading.digits or reading.digits == cut_digits or len(reading.digits) == 1 >= len(cut_digits)
             or reading.log_likelihood(reading.digits) - reading.log_likelihood(cut_digits) <= READER_MARGIN):
         return keep
-    if len(reading.digits) != len(chosen):
+    if len(reading.digits) != len(digit_parts):
         chosen = choose_digits(group, count_slices, runs, count=len(reading.digits))
         if chosen is None:  # the slices cannot make that many digits: nowhere to put them
             return keep
-    return chosen, reading.probabilities
+    probabilities = iter(reading.probabilities)
+    return chosen, [None if part.reason is not None else next(probabilities) for part in chosen]
 
 
 def _original_box(box, scale):

@@ -17,7 +17,13 @@ STROKES = {
     "7": [[(0, 0), (1, 0), (0.35, 1)]],
     "4": [[(0.7, 0), (0, 0.65), (1, 0.65)], [(0.72, 0.3), (0.72, 1)]],
     "2": [[(0.05, 0.25), (0.3, 0), (0.7, 0), (0.95, 0.22), (0.85, 0.5), (0, 1), (1, 1)]],
+    "-": [[(0.05, 0.5), (0.95, 0.5)]],
 }
+
+
+# A long bar across the pad: the bar of a 7 before its stem, and the drawing whose time depends
+# most on how the cuts are bounded.
+BAR = [(20, 160), (460, 160)]
 
 
 def strokes_on_pad(text, height=200, gap=40):
@@ -33,11 +39,11 @@ def strokes_on_pad(text, height=200, gap=40):
     return strokes
 
 
-def canvas_png(text, pen=22, gap=40):
+def canvas_png(text, pen=22, gap=40, strokes=()):
     """The PNG the page posts for text drawn on the pad: black strokes on white, at half the
-    pad's resolution, as app.html sends it."""
+    pad's resolution, as app.html sends it; strokes, more strokes drawn on the pad."""
     img = Image.new("RGB", PAD, "white")
-    for stroke in strokes_on_pad(text, gap=gap):
+    for stroke in strokes_on_pad(text, gap=gap) + list(strokes):
         ImageDraw.Draw(img).line(stroke, fill="black", width=pen, joint="curve")
     buf = io.BytesIO()
     img.reduce(2).save(buf, "PNG")

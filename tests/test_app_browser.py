@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from app_support import PAD, REPO, argmax, photo_of, strokes_on_pad
+from app_support import BAR, PAD, REPO, argmax, photo_of, strokes_on_pad
 from PIL import Image
 
 pytest_plugins = ["app_fixtures"]
@@ -41,6 +41,7 @@ SHOWN = """() => ({
     reading: document.getElementById("reading").textContent,
     hint: document.getElementById("result").className === "hint",
     confidence: document.getElementById("confidence").textContent,
+    note: document.getElementById("note").textContent,
     digits: [...document.querySelectorAll("#details .digit")].map(panel => ({
       columns: panel.querySelectorAll(".bars .col").length,
       top: [...panel.querySelectorAll(".bars .col.top")].map(col => col.textContent),
@@ -116,8 +117,8 @@ def assert_shows_answer(shown, answer):
     assert [d["seen"] for d in shown["digits"]] == [d["seen"] for d in answer["digits"]]
 
 
-def assert_shows_hint(shown):
-    assert shown == {"reading": "draw a digit", "hint": True, "confidence": "", "digits": []}
+def assert_shows_hint(shown, text="draw a digit"):
+    assert shown == {"reading": text, "hint": True, "confidence": "", "note": "", "digits": []}
 
 
 def screenshot(page, tmp_path, name):
@@ -176,3 +177,45 @@ def test_browser_reads_a_finger_drawn_seven_on_a_phone(server, browser, tmp_path
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     screenshot(page, tmp_path, "app-phone.png")
     context.close()
+
+
+def draw_stroke(page, stroke, release=True):
+    box = page.locator("#pad").bounding_box()
+    page.mouse.move(*to_page(box, *stroke[0]))
+    page.mouse.down()
+    for point in stroke[1:]:
+        page.mouse.move(*to_page(box, *point), steps=24)
+    if release:
+        page.mouse.up()
+
+
+def test_browser_shows_nothing_while_a_bar_is_drawn_then_not_a_digit(server, browser, tmp_path):
+    """The bar of a 7 before its stem: while the button is down nothing shows (never a row of
+    0s); let go, and the page says plainly that it is not a digit, and why. The 7's stem then
+    makes it a 7; a dash after a number is left out of it, and the page says so."""
+    page = browser.new_page(viewport={"width": 1100, "height": 700})
+    page.add_init_script(RECORD_FETCHES)
+    page.goto(server)
+    draw_stroke(page, BAR, release=False)
+    page.wait_for_function("window.answers.length > 0")
+    assert_shows_hint(wait_for_reading(page, ""), text="")
+    answer = page.evaluate("window.answers.at(-1)")
+    assert answer["number"] == "" and answer["digit"] is None and len(answer["left_out"]) == 1
+    page.mouse.up()
+    shown = wait_for_reading(page, "not a digit")
+    assert page.evaluate("document.getElementById('result').className") == "nodigit"
+    assert shown["confidence"] == answer["left_out"][0]["reason"] and shown["digits"] == []
+    path = screenshot(page, tmp_path, "app-not-a-digit.png")
+    with Image.open(path) as img:  # the words are drawn large, in the page's ink colour
+        answer_box = page.locator("#answer").bounding_box()
+        crop = np.asarray(img.convert("L").crop((answer_box["x"], answer_box["y"],
+                                                 answer_box["x"] + answer_box["width"],
+                                                 answer_box["y"] + answer_box["height"])))
+        assert (crop < 80).sum() > 500
+    page.keyboard.press("Delete")
+    draw_with_mouse(page, "42")
+    draw_stroke(page, [(strokes_on_pad("42")[-1][-1][0] + 40, 160), (470, 160)])
+    shown = wait_for_reading(page, "42")
+    assert_shows_answer(shown, page.evaluate("window.answers.at(-1)"))
+    assert shown["note"] == "1 mark that is not a digit left out"
+    page.close()

@@ -8,7 +8,9 @@ from PIL import Image, ImageDraw
 import reading.cuts
 import reading.digit_input
 import reading.ink
+import reading.marks
 import reading.segment
+import reading.verdict
 
 
 def write(draw, digit, left, top, size, width=10):
@@ -102,14 +104,16 @@ def test_specks_an_edge_shadow_and_ruled_lines_are_not_digits():
 
 @pytest.mark.parametrize("sure_of", [None, 0, 1])
 def test_one_digit_is_one_digit(sure_of):
-    """Not cut into pieces, whether the model knows nothing or is sure every piece is a 0 or a 1."""
+    """Not cut into pieces, whether the model knows nothing or is sure every piece is a 0 or a 1.
+    A model that knows nothing names no digit, so the ink is then one mark left out."""
     def classify(batch):
         if sure_of is None:
             return torch.full((len(batch), 10), 0.1)
         return torch.eye(10)[[sure_of] * len(batch)]
     for digit in (0, 1, 4, 5, 7):
         img, _ = number_picture([digit])
-        assert len(reading.segment.find_digits(img, classify)) == 1
+        found = reading.segment.split_marks(reading.ink.read_ink(img), classify)
+        assert (len(found.digits), len(found.marks)) == ((0, 1) if sure_of is None else (1, 0))
 
 
 def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
@@ -148,7 +152,7 @@ def test_a_digit_says_whether_it_is_all_the_ink():
     """all_ink lets the app take a one-digit number's reading for the whole picture's, so it
     must hold exactly when the digit's input is the one preprocess_image makes."""
     def classify(batch):
-        return torch.full((len(batch), 10), 0.1)
+        return torch.eye(10)[[7] * len(batch)]
     img, _ = number_picture([7])
     [seven] = reading.segment.find_digits(img, classify)
     assert seven.all_ink and torch.equal(seven.tensor, reading.digit_input.preprocess_image(img))
@@ -159,3 +163,78 @@ def test_a_digit_says_whether_it_is_all_the_ink():
     assert not torch.equal(seven.tensor, reading.digit_input.preprocess_image(img))
     img, _ = number_picture([5, 7])
     assert [d.all_ink for d in reading.segment.find_digits(img, classify)] == [False, False]
+
+
+def always(digit):
+    """A classifier sure that every piece it is shown is digit: the worst case, as a model that
+    has seen nothing but digits reads a long stroke as a row of 0s."""
+    return lambda batch: torch.eye(10)[[digit] * len(batch)]
+
+
+def test_a_dash_and_an_underline_leave_no_digit():
+    img, lefts = number_picture([4, 7], canvas=(420, 260))
+    draw = ImageDraw.Draw(img)
+    draw.line([(300, 100), (360, 103)], fill=0, width=10)  # a dash after the 7
+    draw.line([(30, 216), (222, 212)], fill=0, width=10)  # an underline under both
+    found = reading.segment.split_marks(reading.ink.read_ink(img), always(0))
+    # The 4 and the 7, each in its own box, and nothing else read as a digit.
+    assert [d.box[0] for d in found.digits] == pytest.approx(lefts, abs=6)
+    assert all(d.box[3] <= 155 for d in found.digits)
+    underline, dash = found.marks
+    assert underline.reason == reading.marks.UNDERLINE_REASON and dash.reason == reading.marks.BAR_REASON
+    assert underline.box[0] <= 30 and underline.box[2] >= 222 and underline.box[1] >= 200
+    assert 290 <= dash.box[0] and dash.box[2] <= 370 and 90 <= dash.box[1] and dash.box[3] <= 115
+
+
+@pytest.mark.parametrize("tilt", [0, 12])
+def test_a_stroke_alone_is_no_digit_not_a_row_of_zeros(tilt):
+    """A long bar across the pad, level or tilted (the bar of a 7 before its stem is drawn, a
+    dash, an underline drawn first)."""
+    img = Image.new("L", (240, 160), 255)
+    ImageDraw.Draw(img).line([(10, 80), (230, 80 + tilt)], fill=0, width=11)
+    found = reading.segment.split_marks(reading.ink.read_ink(img), always(0))
+    assert found.digits == [] and [m.reason for m in found.marks] == [reading.marks.BAR_REASON]
+    assert found.marks[0].box[0] <= 10 and found.marks[0].box[2] >= 230
+
+
+def test_a_number_beside_a_unit_keeps_its_digits_and_leaves_the_unit_out():
+    """147 mm, with a model that names a digit only for ink taller than wide: the two m (wider
+    than tall, half as tall as the digits) are the marks left out."""
+    img, lefts = number_picture([1, 4, 7], canvas=(560, 200))
+    draw = ImageDraw.Draw(img)
+    for left in (380, 460):  # m: three stems joined by two arches, 0.6 wide and 0.5 high
+        draw.line([(left, 150), (left, 110)], fill=0, width=10)
+        for x in (left, left + 30):
+            draw.arc([x, 100, x + 30, 135], 180, 360, fill=0, width=10)
+            draw.line([(x + 30, 118), (x + 30, 150)], fill=0, width=10)
+
+    def classify(batch):
+        ink = (batch[:, 0] > 0).numpy()
+        tall = ink.any(axis=2).sum(axis=1) > ink.any(axis=1).sum(axis=1)
+        return torch.stack([torch.eye(10)[7] if t else torch.full((10,), 0.1) for t in tall])
+    found = reading.segment.split_marks(reading.ink.read_ink(img), classify)
+    assert len(found.digits) == 3
+    assert all(left - 6 <= d.box[0] and d.box[2] <= left + 66 for d, left in zip(found.digits, lefts))
+    assert [m.box[0] for m in found.marks] == pytest.approx([375, 455], abs=6)
+    assert all(m.reason == reading.verdict.why_not_a_digit([0.1] * 10) for m in found.marks)
+
+
+def candidate(first, stop, probabilities, cut=0.0):
+    probabilities = np.asarray(probabilities, float)
+    part = reading.cuts.Part((slice(0, 10), slice(first, stop)), np.ones((10, 1), bool), None, probabilities)
+    return reading.cuts.Candidate(first, stop, part, 0.6 * (stop - first), 1.0, cut)
+
+
+def test_ink_the_model_declines_is_never_a_digit_and_one_mark_rather_than_several():
+    """Slices 0-3: a sure 4, then three slices no run of which names a digit. Read as the 4 and
+    one mark over the three, not as digits nor as a mark for each slice."""
+    unsure = [0.1] * 10
+    runs = [candidate(0, 1, np.eye(10)[4])] + [candidate(i, j, unsure, cut=1.0)
+                                                for i in range(1, 4) for j in range(i + 1, 5)]
+    group = reading.segment.Group(np.ones((10, 4), bool), (slice(0, 10), slice(0, 4)), 0, 4, 10, None, 0.0)
+    four, mark = reading.cuts.choose_digits(group, 4, runs)
+    assert four.reason is None and four.probabilities.argmax() == 4
+    assert mark.reason == reading.verdict.why_not_a_digit(unsure) and mark.box[1] == slice(1, 4)
+    # Asked for two digits by a number reader, which has the last word on how many there are.
+    four, other = reading.cuts.choose_digits(group, 4, runs, count=2)
+    assert four.reason is None and other.reason is None and other.box[1] == slice(1, 4)
