@@ -10,7 +10,8 @@ from scipy import ndimage
 
 from reading.errors import NoDigitError
 from reading.images import open_image, read_grey
-from reading.paper import otsu_threshold, paper_level, remove_background, sample, to_ink_polarity
+from reading.paper import (is_dark_ink, otsu_threshold, paper_level, remove_background, sample, shade_free,
+                           to_ink_polarity)
 
 EIGHT_CONNECTED = np.ones((3, 3), bool)
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
@@ -34,7 +35,8 @@ def read_ink(image):
     name = "the image" if isinstance(image, Image.Image) else os.fspath(image)
     img, scale = open_image(image, with_scale=True)
     grey = read_grey(img)
-    levels = to_ink_polarity(remove_background(grey))
+    residual = remove_background(grey)
+    levels = to_ink_polarity(residual)
     try:
         mask, pieces = _find_ink(levels, name)
     except NoDigitError:
@@ -42,17 +44,56 @@ def read_ink(image):
         # lighting surface can bend to follow the ink itself; a flat paper level cannot.
         levels = to_ink_polarity(grey - paper_level(grey))
         mask, pieces = _find_ink(levels, name)
+    levels, mask, pieces = _out_of_shadow(grey, (levels, mask, pieces), is_dark_ink(residual), name)
     if pieces[1] > MAX_PIECES:
         raise NoDigitError(f"No digit found in {name}: its ink lies in {pieces[1]} separate pieces, "
                            f"as in noise or a texture, not in handwriting.")
     return Ink(levels, mask, scale, name, pieces)
 
 
+def _out_of_shadow(grey, found, dark, name):
+    """(levels, mask, pieces): the ink found against a smooth paper (found: those three), or,
+    where a shadow or uneven light across the sheet made part of the paper look like ink, the ink
+    found against the paper right around each pixel (shade_free) at a scale a few times the
+    strokes' width. The strokes are measured on the ink clear of the picture's border, which a
+    shadow reaches and a digit on a photographed sheet does not; a digit cropped so tightly that
+    it has no such ink keeps the smooth paper, which reads a bold digit filling the picture."""
+    side = min(grey.shape)
+    if side < 32:
+        return found
+    try:
+        first, (labels, count) = _find_ink(shade_free(grey, side // 4 | 1), name)
+    except NoDigitError:
+        return found
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    sizes[_border_ids(labels)] = 0
+    if sizes.max() < 20:
+        return found
+    pen = pen_width((sizes >= 0.1 * sizes.max())[labels])
+    levels = shade_free(grey, int(np.clip(3 * pen, 5, side // 4)) | 1)
+    try:
+        mask, pieces = _find_ink(levels, name)
+    except NoDigitError:
+        return found
+    # The smooth paper's ink holds more ink away from the local ink's strokes than those strokes
+    # themselves: the shadowed paper, or, where the shadow covers most of the sheet and the lit
+    # part was taken for chalk on a board, that part. (A speckled slab's thickness says less.)
+    near = ndimage.maximum_filter(mask, size=int(2 * pen) | 1)
+    # Only ink that reaches the picture's border counts: a shadow falls across the sheet's edge,
+    # while a digit that the local ink lost (in a box, say) stands on the sheet.
+    edge = np.isin(found[2][0], _border_ids(found[2][0]))
+    away = np.count_nonzero(edge & ~near)
+    if away <= mask.sum() or (not dark and away < 0.1 * mask.size):
+        return found
+    return levels, mask, pieces
+
+
 def _find_ink(levels, name):
     """(mask, pieces): the pixels of levels that are ink, and their label_pieces. Most pictures
     lose no piece on the way, so the pieces are numbered once, not for each step that looks at
     them."""
-    mask = _drop_ruled_lines(_threshold(levels, name))
+    mask = _drop_ruled_lines(_drop_rule_families(levels, _threshold(levels, name)))
     mask, pieces = _drop_frames(mask, label_pieces(mask))
     kept = _set_aside_edge_background(levels, mask, pieces, name)
     return _drop_specks(kept, pieces if kept is mask else label_pieces(kept))
@@ -148,6 +189,83 @@ def _drop_specks(mask, pieces):
         return mask, pieces
     mask = keep[labels]
     return mask, label_pieces(mask)
+
+
+def _drop_rule_families(levels, mask):
+    """The ink mask without the printed lines of squared or lined paper, whatever their contrast:
+    a family of at least three long, thin, straight, parallel lines, horizontal or vertical to
+    within a few degrees. They are looked for among the pixels at least half as dark as the
+    threshold asks (a faint line breaks up at the threshold), by projecting those pixels across
+    each direction (a line is a tall, narrow peak). A line's pixels are taken out of the ink,
+    but not where ink continues on both sides of it: a stroke crossing a line stays whole. The
+    levels lose the lines too (in place), so that no faint trace of them comes back as soft ink
+    around the strokes."""
+    faint = levels > 0.5 * otsu_threshold(levels) if mask.any() else mask
+    ys, xs = np.nonzero(faint)
+    if len(ys) < 3 * max(mask.shape):
+        return mask
+    keep = mask.copy()
+    for flip in (False, True):
+        band, normal = _rule_band(ys, xs, mask.shape, flip)
+        if band is None:
+            continue
+        crossed = _shift(mask, normal) & _shift(mask, (-normal[0], -normal[1]))
+        keep &= ~band | crossed
+        levels[band & ~crossed] = 0.0
+    return keep
+
+
+def _rule_band(ys, xs, shape, flip):
+    """(band, normal): the pixels on a family of ruled lines among the points ys, xs (near
+    horizontal lines, or near vertical ones with flip), and the integer offset that steps from a
+    line's middle to just beyond it; (None, None) when there is no such family."""
+    if flip:
+        ys, xs, shape = xs, ys, shape[::-1]
+    length = shape[1]
+    best = (-1.0, 0.0)
+    for span, step in ((6.0, 1.0), (1.0, 0.2), (0.2, 0.05)):
+        for angle in np.arange(best[1] - span, best[1] + span + step / 2, step):
+            hist = _projection(ys, xs, np.radians(angle))[0]
+            score = float(np.dot(hist, hist))
+            if score > best[0]:
+                best = (score, angle)
+    hist, low = _projection(ys, xs, np.radians(best[1]))
+    peaks, count = ndimage.label(hist >= 0.4 * length)
+    if count < 3:
+        return None, None
+    widths = np.bincount(peaks)[1:]
+    # Printed lines are thin, a few pixels however blurred; a stroke along them is not.
+    thin = widths <= 3 + 0.02 * min(shape)
+    if thin.sum() < 3:
+        return None, None
+    on_line = np.isin(peaks, np.flatnonzero(thin) + 1)
+    on_line = ndimage.binary_dilation(on_line, iterations=1)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    a = np.radians(best[1])
+    bins = np.clip(np.round(yy * np.cos(a) - xx * np.sin(a)).astype(np.int64) - low, 0, len(hist) - 1)
+    band = on_line[bins]
+    reach = int(np.ceil(widths[thin].max() / 2)) + 2
+    normal = (int(round(reach * np.cos(a))), int(round(-reach * np.sin(a))))
+    if flip:
+        return band.T, normal[::-1]
+    return band, normal
+
+
+def _projection(ys, xs, angle):
+    """(counts, lowest bin): how many of the points lie on each one-pixel line at the angle."""
+    r = np.round(ys * np.cos(angle) - xs * np.sin(angle)).astype(np.int64)
+    low = int(r.min())
+    return np.bincount(r - low).astype(np.float64), low
+
+
+def _shift(mask, offset):
+    """mask moved by the integer offset (dy, dx), paper coming in at the edges."""
+    dy, dx = offset
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        mask[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
 
 
 def _drop_ruled_lines(mask):
@@ -283,3 +401,12 @@ def stroke_width(mask):
     interior = ndimage.binary_erosion(mask, FOUR_CONNECTED, border_value=0)
     boundary = area - int(np.count_nonzero(interior))
     return 2.0 * area / max(boundary, 1)
+
+
+def pen_width(mask):
+    """The typical width of the mask's strokes in pixels: twice the median distance to the paper
+    along the strokes' middle lines (where that distance peaks). Unlike an average over the
+    area, a few thick blobs beside the writing barely move it."""
+    depth = ndimage.distance_transform_edt(mask)
+    ridge = mask & (depth >= ndimage.maximum_filter(depth, size=3))
+    return 2.0 * float(np.median(depth[ridge])) if ridge.any() else 0.0

@@ -88,9 +88,14 @@ def to_ink_polarity(residual):
     ink is whichever side of the paper reaches further: dark ink on light paper gives a deep
     minimum, chalk on a board a high maximum. Extremes are taken after a 3x3 average so that a
     single noisy pixel cannot outvote a stroke."""
+    return np.clip(-residual if is_dark_ink(residual) else residual, 0.0, None)
+
+
+def is_dark_ink(residual):
+    """Whether the ink of the background-free image is darker than its paper (see
+    to_ink_polarity)."""
     smooth = ndimage.uniform_filter(residual, 3, mode="nearest")
-    dark_ink = -float(smooth.min()) > float(smooth.max())
-    return np.clip(-residual if dark_ink else residual, 0.0, None)
+    return -float(smooth.min()) > float(smooth.max())
 
 
 def sample(values, size=65536):
@@ -113,3 +118,15 @@ def otsu_threshold(values):
     mean1 = ((hist * centres).sum() - np.cumsum(hist * centres)) / np.maximum(weight1, 1e-12)
     between = weight0 * weight1 * (mean0 - mean1) ** 2
     return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def shade_free(grey, size):
+    """How much darker each pixel is than the paper right around it, as a fraction of that
+    paper's brightness (0 on paper, near 1 for black ink). The paper around a pixel is the grey
+    closing of the picture at `size` pixels: the brightest level that every square of that size
+    holding the pixel reaches, which fills in strokes thinner than the square but keeps a
+    shadow's edge where it is, sharp or soft, since a long boundary between two flat tones is
+    wider than any square. A fraction rather than a difference, because a shadow scales the
+    paper and the ink in it alike."""
+    paper = ndimage.grey_closing(grey, size=(size, size), mode="reflect")
+    return np.clip((paper - grey) / np.maximum(paper, 0.05), 0.0, None).astype(np.float32)
