@@ -79,11 +79,16 @@ def _out_of_shadow(grey, found, dark, name):
     # The smooth paper's ink holds more ink away from the local ink's strokes than those strokes
     # themselves: the shadowed paper, or, where the shadow covers most of the sheet and the lit
     # part was taken for chalk on a board, that part. (A speckled slab's thickness says less.)
-    near = ndimage.maximum_filter(mask, size=int(2 * pen) | 1)
+    size = int(2 * pen) | 1
+    near = ndimage.maximum_filter(mask, size=size)
     # Only ink that reaches the picture's border counts: a shadow falls across the sheet's edge,
-    # while a digit that the local ink lost (in a box, say) stands on the sheet.
+    # while a digit that the local ink lost (in a box, say) stands on the sheet. And only where
+    # it is far thicker than a stroke (what an opening at twice the pen's width leaves, once
+    # noise has been smoothed out of it): a bold digit cropped tightly is all strokes.
     edge = np.isin(found[2][0], _border_ids(found[2][0]))
-    away = np.count_nonzero(edge & ~near)
+    solid = ndimage.uniform_filter(edge.astype(np.float32), size=5) > 0.5
+    slab = ndimage.maximum_filter(ndimage.minimum_filter(solid, size=size, mode="constant"), size=size)
+    away = np.count_nonzero(slab & ~near)
     if away <= mask.sum() or (not dark and away < 0.1 * mask.size):
         return found
     return levels, mask, pieces
@@ -200,7 +205,9 @@ def _drop_rule_families(levels, mask):
     but not where ink continues on both sides of it: a stroke crossing a line stays whole. The
     levels lose the lines too (in place), so that no faint trace of them comes back as soft ink
     around the strokes."""
-    faint = levels > 0.5 * otsu_threshold(levels) if mask.any() else mask
+    if min(mask.shape) < 64:  # too small to be a photo of a sheet of paper
+        return mask
+    faint = levels > 0.5 * otsu_threshold(levels)
     ys, xs = np.nonzero(faint)
     if len(ys) < 3 * max(mask.shape):
         return mask
@@ -230,13 +237,18 @@ def _rule_band(ys, xs, shape, flip):
             if score > best[0]:
                 best = (score, angle)
     hist, low = _projection(ys, xs, np.radians(best[1]))
-    peaks, count = ndimage.label(hist >= 0.4 * length)
+    # A line runs across most of the picture, and stands out of the rows beside it, as no row
+    # of a noisy texture does.
+    peaks, count = ndimage.label(hist >= max(0.6 * length, 3 * np.median(hist)))
     if count < 3:
         return None, None
     widths = np.bincount(peaks)[1:]
-    # Printed lines are thin, a few pixels however blurred; a stroke along them is not.
+    # Printed lines are thin, a few pixels however blurred, and evenly spaced; a digit's strokes
+    # along them are neither.
     thin = widths <= 3 + 0.02 * min(shape)
-    if thin.sum() < 3:
+    centres = np.asarray(ndimage.center_of_mass(hist, peaks, np.flatnonzero(thin) + 1)).ravel()
+    gaps = np.diff(centres)
+    if len(centres) < 3 or np.ptp(gaps) > max(3.0, 0.15 * np.median(gaps)):
         return None, None
     on_line = np.isin(peaks, np.flatnonzero(thin) + 1)
     on_line = ndimage.binary_dilation(on_line, iterations=1)
