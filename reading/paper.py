@@ -83,12 +83,13 @@ def paper_level(grey):
     return float(np.median(grey[side])) if side.any() else float(np.median(grey))
 
 
-def to_ink_polarity(residual):
+def to_ink_polarity(residual, dark=None):
     """The ink bright on a black background, as in MNIST, from the background-free image. The
     ink is whichever side of the paper reaches further: dark ink on light paper gives a deep
     minimum, chalk on a board a high maximum. Extremes are taken after a 3x3 average so that a
-    single noisy pixel cannot outvote a stroke."""
-    return np.clip(-residual if is_dark_ink(residual) else residual, 0.0, None)
+    single noisy pixel cannot outvote a stroke. dark: is_dark_ink(residual), where known."""
+    dark = is_dark_ink(residual) if dark is None else dark
+    return np.clip(-residual if dark else residual, 0.0, None)
 
 
 def is_dark_ink(residual):
