@@ -260,10 +260,16 @@ def _rule_band(ys, xs, shape, flip):
     # along them are neither.
     thin = widths <= 3 + 0.02 * min(shape)
     centres = np.asarray(ndimage.center_of_mass(hist, peaks, np.flatnonzero(thin) + 1)).ravel()
+    if len(centres) < 3:
+        return None, None
+    # Evenly spaced: every gap a whole number of the commonest gap (a line may be hidden).
     gaps = np.diff(centres)
-    if len(centres) < 3 or np.ptp(gaps) > max(3.0, 0.15 * np.median(gaps)):
+    steps = np.round(gaps / np.median(gaps))
+    if (steps < 1).any() or (np.abs(gaps - steps * np.median(gaps)) > max(3.0, 0.15 * np.median(gaps))).any():
         return None, None
     on_line = np.isin(peaks, np.flatnonzero(thin) + 1)
+    on_line |= _more_of_the_family(hist, centres, np.concatenate([[0], np.cumsum(steps)]),
+                                   int(widths[thin].max()), 0.15 * length)
     on_line = ndimage.binary_dilation(on_line, iterations=1)
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
     a = np.radians(best[1])
@@ -274,6 +280,24 @@ def _rule_band(ys, xs, shape, flip):
     if flip:
         return band.T, normal[::-1]
     return band, normal
+
+
+def _more_of_the_family(hist, centres, index, width, least):
+    """The projection's bins on the lines of the family that are too short or too broken to be
+    found on their own (where a line leaves the picture at a corner, or runs in shade): every
+    place one more even step away, if the projection peaks there, with at least `least` pixels.
+    centres: the lines found, index: their place in the family (0, 1, 2, ...)."""
+    step, start = np.polyfit(index, centres, 1)
+    out = np.zeros(len(hist), bool)
+    floor = max(least, 3 * float(np.median(hist)))
+    for k in range(int(np.floor(-start / step)), int(np.ceil((len(hist) - start) / step)) + 1):
+        at = int(round(start + k * step))
+        lo, hi = max(at - 3, 0), min(at + 4, len(hist))
+        if lo >= hi or hist[lo:hi].max() < floor:
+            continue
+        peak = lo + int(np.argmax(hist[lo:hi]))
+        out[max(peak - width // 2, 0):peak + width - width // 2] = True
+    return out
 
 
 def _projection(ys, xs, angle):
