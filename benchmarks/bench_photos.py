@@ -38,8 +38,8 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
-from bench_numbers import lay_out  # noqa: E402
-from bench_predict import finish_photo, lighting, load_mnist_test, place, written  # noqa: E402
+from bench_numbers import lay_out
+from bench_predict import finish_photo, lighting, load_mnist_test, place, written
 
 KINDS = ["shadow_hard", "shadow_soft", "grid_light", "grid_mid", "grid_dark", "lined_mid",
          "lined_dark", "box_dark", "number_grid", "number_shadow"]
@@ -47,10 +47,10 @@ LEVELS = {"light": (140, 230), "mid": (110, 190), "dark": (60, 170)}
 THICKNESS = {"light": (1.0, 2.0), "mid": (1.0, 3.0), "dark": (1.0, 4.0)}
 
 # What the reading was tuned on, and what it never saw.
-TUNED = dict(depth=[(0.3, 0.6)], curve=0.15, blob=0.0, angle=(0.0, 3.0), step=(0.25, 0.6),
-             thick_extra=0.0, tints=["grey", "blue"])
-HELD_OUT = dict(depth=[(0.2, 0.3), (0.6, 0.7)], curve=0.4, blob=0.5, angle=(3.0, 6.0),
-                step=(0.15, 0.25, 0.6, 1.0), thick_extra=1.0, tints=["red", "green", "violet"])
+TUNED = {"depth": [(0.3, 0.6)], "curve": 0.15, "blob": 0.0, "angle": (0.0, 3.0), "step": (0.25, 0.6),
+         "thick_extra": 0.0, "tints": ["grey", "blue"]}
+HELD_OUT = {"depth": [(0.2, 0.3), (0.6, 0.7)], "curve": 0.4, "blob": 0.5, "angle": (3.0, 6.0),
+            "step": (0.15, 0.25, 0.6, 1.0), "thick_extra": 1.0, "tints": ["red", "green", "violet"]}
 TINTS = {"grey": (1.0, 1.0, 1.0), "blue": (0.85, 0.95, 1.15), "red": (1.2, 0.75, 0.75),
          "green": (0.75, 1.1, 0.8), "violet": (1.0, 0.75, 1.15)}
 

@@ -10,8 +10,16 @@ from scipy import ndimage
 
 from reading.errors import NoDigitError
 from reading.images import open_image, read_grey
-from reading.paper import (is_dark_ink, otsu_threshold, paper_level, remove_background, sample, shade_free,
-                           to_ink_polarity)
+from reading.paper import (
+    drop_rule_families,
+    is_dark_ink,
+    otsu_threshold,
+    paper_level,
+    remove_background,
+    sample,
+    shade_free,
+    to_ink_polarity,
+)
 
 EIGHT_CONNECTED = np.ones((3, 3), bool)
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
@@ -71,7 +79,7 @@ def _out_of_shadow(grey, found, dark, name):
     # printed lines and boxes (thinner than any pen).
     half = shade_free(grey[::2, ::2], side // 8 | 1)
     try:
-        first = _drop_rule_families(half, _threshold(half, name))
+        first = drop_rule_families(half, _threshold(half, name))
     except NoDigitError:
         return found
     first, (labels, count) = _drop_frames(first, label_pieces(first))
@@ -108,7 +116,7 @@ def _find_ink(levels, name):
     """(mask, pieces): the pixels of levels that are ink, and their label_pieces. Most pictures
     lose no piece on the way, so the pieces are numbered once, not for each step that looks at
     them."""
-    mask = _drop_ruled_lines(_drop_rule_families(levels, _threshold(levels, name)))
+    mask = _drop_ruled_lines(drop_rule_families(levels, _threshold(levels, name)))
     mask, pieces = _drop_frames(mask, label_pieces(mask))
     kept = _set_aside_edge_background(levels, mask, pieces, name)
     return _drop_specks(kept, pieces if kept is mask else label_pieces(kept))
@@ -205,116 +213,6 @@ def _drop_specks(mask, pieces):
         return mask, pieces
     mask = keep[labels]
     return mask, label_pieces(mask)
-
-
-def _drop_rule_families(levels, mask):
-    """The ink mask without the printed lines of squared or lined paper, whatever their contrast:
-    a family of at least three long, thin, straight, parallel lines, horizontal or vertical to
-    within a few degrees. They are looked for among the pixels at least half as dark as the
-    threshold asks (a faint line breaks up at the threshold), by projecting those pixels across
-    each direction (a line is a tall, narrow peak). A line's pixels are taken out of the ink,
-    but not where ink continues on both sides of it: a stroke crossing a line stays whole. The
-    levels lose the lines too (in place), so that no faint trace of them comes back as soft ink
-    around the strokes."""
-    if min(mask.shape) < 64:  # too small to be a photo of a sheet of paper
-        return mask
-    faint = levels > 0.5 * otsu_threshold(sample(levels))
-    ys, xs = np.nonzero(faint)
-    if len(ys) < 3 * max(mask.shape):
-        return mask
-    keep = mask.copy()
-    for flip in (False, True):
-        band, normal = _rule_band(ys, xs, mask.shape, flip)
-        if band is None:
-            continue
-        crossed = _shift(mask, normal) & _shift(mask, (-normal[0], -normal[1]))
-        keep &= ~band | crossed
-        levels[band & ~crossed] = 0.0
-    return keep
-
-
-def _rule_band(ys, xs, shape, flip):
-    """(band, normal): the pixels on a family of ruled lines among the points ys, xs (near
-    horizontal lines, or near vertical ones with flip), and the integer offset that steps from a
-    line's middle to just beyond it; (None, None) when there is no such family."""
-    if flip:
-        ys, xs, shape = xs, ys, shape[::-1]
-    length = shape[1]
-    best = (-1.0, 0.0)
-    # The direction is found on a regular sample of the points: it projects as sharply.
-    every = max(1, len(ys) // 15000)
-    for span, step in ((6.0, 1.0), (1.0, 0.2), (0.2, 0.05)):
-        for angle in np.arange(best[1] - span, best[1] + span + step / 2, step):
-            hist = _projection(ys[::every], xs[::every], np.radians(angle))[0]
-            score = float(np.dot(hist, hist))
-            if score > best[0]:
-                best = (score, angle)
-    hist, low = _projection(ys, xs, np.radians(best[1]))
-    # A line runs across most of the picture, and stands out of the rows beside it, as no row
-    # of a noisy texture does.
-    peaks, count = ndimage.label(hist >= max(0.6 * length, 3 * np.median(hist)))
-    if count < 3:
-        return None, None
-    widths = np.bincount(peaks)[1:]
-    # Printed lines are thin, a few pixels however blurred, and evenly spaced; a digit's strokes
-    # along them are neither.
-    thin = widths <= 3 + 0.02 * min(shape)
-    centres = np.asarray(ndimage.center_of_mass(hist, peaks, np.flatnonzero(thin) + 1)).ravel()
-    if len(centres) < 3:
-        return None, None
-    # Evenly spaced: every gap a whole number of the commonest gap (a line may be hidden).
-    gaps = np.diff(centres)
-    steps = np.round(gaps / np.median(gaps))
-    if (steps < 1).any() or (np.abs(gaps - steps * np.median(gaps)) > max(3.0, 0.15 * np.median(gaps))).any():
-        return None, None
-    on_line = np.isin(peaks, np.flatnonzero(thin) + 1)
-    on_line |= _more_of_the_family(hist, centres, np.concatenate([[0], np.cumsum(steps)]),
-                                   int(widths[thin].max()), 0.15 * length)
-    on_line = ndimage.binary_dilation(on_line, iterations=1)
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    a = np.radians(best[1])
-    bins = np.clip(np.round(yy * np.cos(a) - xx * np.sin(a)).astype(np.int64) - low, 0, len(hist) - 1)
-    band = on_line[bins]
-    reach = int(np.ceil(widths[thin].max() / 2)) + 2
-    normal = (int(round(reach * np.cos(a))), int(round(-reach * np.sin(a))))
-    if flip:
-        return band.T, normal[::-1]
-    return band, normal
-
-
-def _more_of_the_family(hist, centres, index, width, least):
-    """The projection's bins on the lines of the family that are too short or too broken to be
-    found on their own (where a line leaves the picture at a corner, or runs in shade): every
-    place one more even step away, if the projection peaks there, with at least `least` pixels.
-    centres: the lines found, index: their place in the family (0, 1, 2, ...)."""
-    step, start = np.polyfit(index, centres, 1)
-    out = np.zeros(len(hist), bool)
-    floor = max(least, 3 * float(np.median(hist)))
-    for k in range(int(np.floor(-start / step)), int(np.ceil((len(hist) - start) / step)) + 1):
-        at = int(round(start + k * step))
-        lo, hi = max(at - 3, 0), min(at + 4, len(hist))
-        if lo >= hi or hist[lo:hi].max() < floor:
-            continue
-        peak = lo + int(np.argmax(hist[lo:hi]))
-        out[max(peak - width // 2, 0):peak + width - width // 2] = True
-    return out
-
-
-def _projection(ys, xs, angle):
-    """(counts, lowest bin): how many of the points lie on each one-pixel line at the angle."""
-    r = np.round(ys * np.cos(angle) - xs * np.sin(angle)).astype(np.int64)
-    low = int(r.min())
-    return np.bincount(r - low).astype(np.float64), low
-
-
-def _shift(mask, offset):
-    """mask moved by the integer offset (dy, dx), paper coming in at the edges."""
-    dy, dx = offset
-    out = np.zeros_like(mask)
-    h, w = mask.shape
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        mask[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
-    return out
 
 
 def _drop_ruled_lines(mask):
