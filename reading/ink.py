@@ -73,7 +73,7 @@ def _out_of_shadow(grey, found, dark, name):
     # Only a picture whose ink, at the smooth paper's threshold, runs along a tenth of its border
     # can hold a shadow across the sheet; the others are spared the search.
     raw = found[0] > otsu_threshold(sample(found[0]))
-    if np.concatenate([raw[0], raw[-1], raw[:, 0], raw[:, -1]]).mean() < 0.1:
+    if np.concatenate([raw[0], raw[-1], raw[:, 0], raw[:, -1]]).mean() < 0.03:
         return found
     # The strokes are measured at half size, where it costs a quarter, on the ink without the
     # printed lines and boxes (thinner than any pen).
@@ -86,7 +86,8 @@ def _out_of_shadow(grey, found, dark, name):
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
     sizes[_border_ids(labels)] = 0
-    if sizes.max() < 20:
+    # Fragments of a blurred bold digit cropped tightly are not enough to measure strokes by.
+    if sizes.max() < 20 or sizes.sum() < 0.25 * np.count_nonzero(first):
         return found
     pen = 2 * pen_width((sizes >= 0.1 * sizes.max())[labels])
     levels = shade_free(grey, int(np.clip(3 * pen, 5, side // 4)) | 1)
@@ -94,10 +95,15 @@ def _out_of_shadow(grey, found, dark, name):
         mask, pieces = _find_ink(levels, name)
     except NoDigitError:
         return found
-    # The smooth paper's ink holds more ink away from the local ink's strokes than those strokes
-    # themselves: the shadowed paper, or, where the shadow covers most of the sheet and the lit
-    # part was taken for chalk on a board, that part. (A speckled slab's thickness says less.)
+    # Either the local ink holds strokes far from any of the smooth paper's ink: the writing in
+    # the shade, which went with the shadow when that was set aside as a table at the edge.
     size = int(2 * pen) | 1
+    missed = np.count_nonzero(mask & ~ndimage.maximum_filter(found[1], size=size))
+    if missed > 0.25 * mask.sum():
+        return levels, mask, pieces
+    # Or the smooth paper's ink holds much ink away from the local ink's strokes: the shadowed
+    # paper, or, where the shadow covers most of the sheet and the lit part was taken for chalk
+    # on a board, that part. (A speckled slab's thickness says less.)
     near = ndimage.maximum_filter(mask, size=size)
     # Only ink that reaches the picture's border counts: a shadow falls across the sheet's edge,
     # while a digit that the local ink lost (in a box, say) stands on the sheet. And only where
@@ -107,7 +113,7 @@ def _out_of_shadow(grey, found, dark, name):
     solid = ndimage.uniform_filter(edge.astype(np.float32), size=5) > 0.5
     slab = ndimage.maximum_filter(ndimage.minimum_filter(solid, size=size, mode="constant"), size=size)
     away = np.count_nonzero(slab & ~near)
-    if away <= mask.sum() or (not dark and away < 0.1 * mask.size):
+    if away <= 0.25 * mask.sum() or (not dark and away < 0.1 * mask.size):
         return found
     return levels, mask, pieces
 
