@@ -92,7 +92,7 @@ def _out_of_shadow(grey, found, dark, name):
     pen = 2 * pen_width((sizes >= 0.1 * sizes.max())[labels])
     levels = shade_free(grey, int(np.clip(3 * pen, 5, side // 4)) | 1)
     try:
-        mask, pieces = _find_ink(levels, name)
+        mask, pieces = _without_wedges(*_find_ink(levels, name), pen)
     except NoDigitError:
         return found
     # Either the local ink holds strokes far from any of the smooth paper's ink: the writing in
@@ -116,6 +116,29 @@ def _out_of_shadow(grey, found, dark, name):
     if away <= 0.25 * mask.sum() or (not dark and away < 0.1 * mask.size):
         return found
     return levels, mask, pieces
+
+
+def _without_wedges(mask, pieces, pen):
+    """(mask, pieces) without the wedges of shade that the local paper leaves where a shadow's
+    edge meets the picture's border at a slant: too narrow there for the closing's square (three
+    pens wide), they look like ink. They lie along the border for longer than a stroke is wide,
+    and no further from it than that square."""
+    labels = pieces[0]
+    rim = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    contact = np.bincount(rim, minlength=pieces[1] + 1)
+    contact[0] = 0
+    h, w = labels.shape
+    # How far from the border a piece's bounding box reaches inside.
+    reach = np.zeros(len(contact))
+    for k, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+        reach[k] = min(min(rows.stop - 1, h - rows.start), min(cols.stop - 1, w - cols.start)) - 1
+    wedges = np.flatnonzero((contact > pen) & (reach <= 3 * pen))
+    if not len(wedges):
+        return mask, pieces
+    mask = mask & ~np.isin(labels, wedges)
+    if not mask.any():
+        raise NoDigitError("only wedges of shade")
+    return mask, label_pieces(mask)
 
 
 def _find_ink(levels, name):
