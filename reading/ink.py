@@ -92,7 +92,7 @@ def _out_of_shadow(grey, found, dark, name):
     pen = 2 * pen_width((sizes >= 0.1 * sizes.max())[labels])
     levels = shade_free(grey, int(np.clip(3 * pen, 5, side // 4)) | 1)
     try:
-        mask, pieces = _without_wedges(*_find_ink(levels, name), pen)
+        mask, pieces = _without_wedges(*_find_ink(levels, name, edges=False), pen)
     except NoDigitError:
         return found
     # Either the local ink holds strokes far from any of the smooth paper's ink: the writing in
@@ -141,13 +141,14 @@ def _without_wedges(mask, pieces, pen):
     return mask, label_pieces(mask)
 
 
-def _find_ink(levels, name):
+def _find_ink(levels, name, edges=True):
     """(mask, pieces): the pixels of levels that are ink, and their label_pieces. Most pictures
     lose no piece on the way, so the pieces are numbered once, not for each step that looks at
-    them."""
+    them. edges: whether to look for a table or shadow along the picture's edge (ink found
+    against the local paper has none: it is flat there)."""
     mask = _drop_ruled_lines(drop_rule_families(levels, _threshold(levels, name)))
     mask, pieces = _drop_frames(mask, label_pieces(mask))
-    kept = _set_aside_edge_background(levels, mask, pieces, name)
+    kept = _set_aside_edge_background(levels, mask, pieces, name) if edges else mask
     return _drop_specks(kept, pieces if kept is mask else label_pieces(kept))
 
 
