@@ -10,7 +10,16 @@ from scipy import ndimage
 
 from reading.errors import NoDigitError
 from reading.images import open_image, read_grey
-from reading.paper import otsu_threshold, paper_level, remove_background, sample, to_ink_polarity
+from reading.paper import (
+    drop_rule_families,
+    is_dark_ink,
+    otsu_threshold,
+    paper_level,
+    remove_background,
+    sample,
+    shade_free,
+    to_ink_polarity,
+)
 
 EIGHT_CONNECTED = np.ones((3, 3), bool)
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
@@ -34,7 +43,9 @@ def read_ink(image):
     name = "the image" if isinstance(image, Image.Image) else os.fspath(image)
     img, scale = open_image(image, with_scale=True)
     grey = read_grey(img)
-    levels = to_ink_polarity(remove_background(grey))
+    residual = remove_background(grey)
+    dark = is_dark_ink(residual)
+    levels = to_ink_polarity(residual, dark)
     try:
         mask, pieces = _find_ink(levels, name)
     except NoDigitError:
@@ -42,19 +53,102 @@ def read_ink(image):
         # lighting surface can bend to follow the ink itself; a flat paper level cannot.
         levels = to_ink_polarity(grey - paper_level(grey))
         mask, pieces = _find_ink(levels, name)
+    levels, mask, pieces = _out_of_shadow(grey, (levels, mask, pieces), dark, name)
     if pieces[1] > MAX_PIECES:
         raise NoDigitError(f"No digit found in {name}: its ink lies in {pieces[1]} separate pieces, "
                            f"as in noise or a texture, not in handwriting.")
     return Ink(levels, mask, scale, name, pieces)
 
 
-def _find_ink(levels, name):
+def _out_of_shadow(grey, found, dark, name):
+    """(levels, mask, pieces): the ink found against a smooth paper (found: those three), or,
+    where a shadow or uneven light across the sheet made part of the paper look like ink, the ink
+    found against the paper right around each pixel (shade_free) at a scale a few times the
+    strokes' width. The strokes are measured on the ink clear of the picture's border, which a
+    shadow reaches and a digit on a photographed sheet does not; a digit cropped so tightly that
+    it has no such ink keeps the smooth paper, which reads a bold digit filling the picture."""
+    side = min(grey.shape)
+    if side < 32:
+        return found
+    # Only a picture whose ink, at the smooth paper's threshold, runs along a tenth of its border
+    # can hold a shadow across the sheet; the others are spared the search.
+    raw = found[0] > otsu_threshold(sample(found[0]))
+    if np.concatenate([raw[0], raw[-1], raw[:, 0], raw[:, -1]]).mean() < 0.03:
+        return found
+    # The strokes are measured at half size, where it costs a quarter, on the ink without the
+    # printed lines and boxes (thinner than any pen).
+    half = shade_free(grey[::2, ::2], side // 8 | 1)
+    try:
+        first = drop_rule_families(half, _threshold(half, name))
+    except NoDigitError:
+        return found
+    first, (labels, count) = _drop_frames(first, label_pieces(first))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    sizes[_border_ids(labels)] = 0
+    # Fragments of a blurred bold digit cropped tightly are not enough to measure strokes by.
+    if sizes.max() < 20 or sizes.sum() < 0.25 * np.count_nonzero(first):
+        return found
+    pen = 2 * pen_width((sizes >= 0.1 * sizes.max())[labels])
+    levels = shade_free(grey, int(np.clip(3 * pen, 5, side // 4)) | 1)
+    try:
+        mask, pieces = _without_wedges(*_find_ink(levels, name, edges=False), pen)
+    except NoDigitError:
+        return found
+    # Either the local ink holds strokes far from any of the smooth paper's ink: the writing in
+    # the shade, which went with the shadow when that was set aside as a table at the edge.
+    size = int(2 * pen) | 1
+    missed = np.count_nonzero(mask & ~ndimage.maximum_filter(found[1], size=size))
+    if missed > 0.25 * mask.sum():
+        return levels, mask, pieces
+    # Or the smooth paper's ink holds much ink away from the local ink's strokes: the shadowed
+    # paper, or, where the shadow covers most of the sheet and the lit part was taken for chalk
+    # on a board, that part. (A speckled slab's thickness says less.)
+    near = ndimage.maximum_filter(mask, size=size)
+    # Only ink that reaches the picture's border counts: a shadow falls across the sheet's edge,
+    # while a digit that the local ink lost (in a box, say) stands on the sheet. And only where
+    # it is far thicker than a stroke (what an opening at twice the pen's width leaves, once
+    # noise has been smoothed out of it): a bold digit cropped tightly is all strokes.
+    edge = np.isin(found[2][0], _border_ids(found[2][0]))
+    solid = ndimage.uniform_filter(edge.astype(np.float32), size=5) > 0.5
+    slab = ndimage.maximum_filter(ndimage.minimum_filter(solid, size=size, mode="constant"), size=size)
+    away = np.count_nonzero(slab & ~near)
+    if away <= 0.25 * mask.sum() or (not dark and away < 0.1 * mask.size):
+        return found
+    return levels, mask, pieces
+
+
+def _without_wedges(mask, pieces, pen):
+    """(mask, pieces) without the wedges of shade that the local paper leaves where a shadow's
+    edge meets the picture's border at a slant: too narrow there for the closing's square (three
+    pens wide), they look like ink. They lie along the border for longer than a stroke is wide,
+    and no further from it than that square."""
+    labels = pieces[0]
+    rim = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    contact = np.bincount(rim, minlength=pieces[1] + 1)
+    contact[0] = 0
+    h, w = labels.shape
+    # How far from the border a piece's bounding box reaches inside.
+    reach = np.zeros(len(contact))
+    for k, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+        reach[k] = min(min(rows.stop - 1, h - rows.start), min(cols.stop - 1, w - cols.start)) - 1
+    wedges = np.flatnonzero((contact > pen) & (reach <= 3 * pen))
+    if not len(wedges):
+        return mask, pieces
+    mask = mask & ~np.isin(labels, wedges)
+    if not mask.any():
+        raise NoDigitError("only wedges of shade")
+    return mask, label_pieces(mask)
+
+
+def _find_ink(levels, name, edges=True):
     """(mask, pieces): the pixels of levels that are ink, and their label_pieces. Most pictures
     lose no piece on the way, so the pieces are numbered once, not for each step that looks at
-    them."""
-    mask = _drop_ruled_lines(_threshold(levels, name))
+    them. edges: whether to look for a table or shadow along the picture's edge (ink found
+    against the local paper has none: it is flat there)."""
+    mask = _drop_ruled_lines(drop_rule_families(levels, _threshold(levels, name)))
     mask, pieces = _drop_frames(mask, label_pieces(mask))
-    kept = _set_aside_edge_background(levels, mask, pieces, name)
+    kept = _set_aside_edge_background(levels, mask, pieces, name) if edges else mask
     return _drop_specks(kept, pieces if kept is mask else label_pieces(kept))
 
 
@@ -126,8 +220,9 @@ def _set_aside_edge_background(levels, mask, pieces, name):
     # table along an edge is as thick as it looks, not half of it.
     depth = ndimage.distance_transform_edt(np.pad(mask | inner, 1, constant_values=True))[1:-1, 1:-1]
     pen = float(depth[inner].max())
-    thickness = ndimage.maximum(depth, labels, edge_ids)
-    background_ids = edge_ids[np.asarray(thickness) > 2.5 * pen + 1]
+    # The border pieces with a pixel that deep (the same as comparing each piece's maximum depth,
+    # without sorting the picture's pixels by piece).
+    background_ids = np.intersect1d(np.unique(labels[depth > 2.5 * pen + 1]), edge_ids)
     if not len(background_ids):
         return mask
     return (mask & ~np.isin(labels, background_ids)) | inner
@@ -283,3 +378,12 @@ def stroke_width(mask):
     interior = ndimage.binary_erosion(mask, FOUR_CONNECTED, border_value=0)
     boundary = area - int(np.count_nonzero(interior))
     return 2.0 * area / max(boundary, 1)
+
+
+def pen_width(mask):
+    """The typical width of the mask's strokes in pixels: twice the median distance to the paper
+    along the strokes' middle lines (where that distance peaks). Unlike an average over the
+    area, a few thick blobs beside the writing barely move it."""
+    depth = ndimage.distance_transform_edt(mask)
+    ridge = mask & (depth >= ndimage.maximum_filter(depth, size=3))
+    return 2.0 * float(np.median(depth[ridge])) if ridge.any() else 0.0

@@ -1,4 +1,5 @@
-"""Removing the paper: its tint, the lighting across it, and which way round the ink is.
+"""Removing the paper: its tint, the lighting and shadows across it, which way round the ink is,
+and the lines printed on it.
 """
 import numpy as np
 from scipy import ndimage
@@ -83,14 +84,20 @@ def paper_level(grey):
     return float(np.median(grey[side])) if side.any() else float(np.median(grey))
 
 
-def to_ink_polarity(residual):
+def to_ink_polarity(residual, dark=None):
     """The ink bright on a black background, as in MNIST, from the background-free image. The
     ink is whichever side of the paper reaches further: dark ink on light paper gives a deep
     minimum, chalk on a board a high maximum. Extremes are taken after a 3x3 average so that a
-    single noisy pixel cannot outvote a stroke."""
+    single noisy pixel cannot outvote a stroke. dark: is_dark_ink(residual), where known."""
+    dark = is_dark_ink(residual) if dark is None else dark
+    return np.clip(-residual if dark else residual, 0.0, None)
+
+
+def is_dark_ink(residual):
+    """Whether the ink of the background-free image is darker than its paper (see
+    to_ink_polarity)."""
     smooth = ndimage.uniform_filter(residual, 3, mode="nearest")
-    dark_ink = -float(smooth.min()) > float(smooth.max())
-    return np.clip(-residual if dark_ink else residual, 0.0, None)
+    return -float(smooth.min()) > float(smooth.max())
 
 
 def sample(values, size=65536):
@@ -113,3 +120,125 @@ def otsu_threshold(values):
     mean1 = ((hist * centres).sum() - np.cumsum(hist * centres)) / np.maximum(weight1, 1e-12)
     between = weight0 * weight1 * (mean0 - mean1) ** 2
     return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def shade_free(grey, size):
+    """How much darker each pixel is than the paper right around it, as a fraction of that
+    paper's brightness (0 on paper, near 1 for black ink). The paper around a pixel is the grey
+    closing of the picture at `size` pixels: the brightest level that every square of that size
+    holding the pixel reaches, which fills in strokes thinner than the square but keeps a
+    shadow's edge where it is, sharp or soft, since a long boundary between two flat tones is
+    wider than any square. A fraction rather than a difference, because a shadow scales the
+    paper and the ink in it alike."""
+    paper = ndimage.grey_closing(grey, size=(size, size), mode="reflect")
+    return np.clip((paper - grey) / np.maximum(paper, 0.05), 0.0, None).astype(np.float32)
+
+
+def drop_rule_families(levels, mask):
+    """The ink mask without the printed lines of squared or lined paper, whatever their contrast:
+    a family of at least three long, thin, straight, parallel lines, horizontal or vertical to
+    within a few degrees. They are looked for among the pixels at least half as dark as the
+    threshold asks (a faint line breaks up at the threshold), by projecting those pixels across
+    each direction (a line is a tall, narrow peak). A line's pixels are taken out of the ink,
+    but not where ink continues on both sides of it: a stroke crossing a line stays whole. The
+    levels lose the lines too (in place), so that no faint trace of them comes back as soft ink
+    around the strokes."""
+    if min(mask.shape) < 64:  # too small to be a photo of a sheet of paper
+        return mask
+    faint = levels > 0.5 * otsu_threshold(sample(levels))
+    ys, xs = np.nonzero(faint)
+    if len(ys) < 3 * max(mask.shape):
+        return mask
+    keep = mask.copy()
+    for flip in (False, True):
+        band, normal = _rule_band(ys, xs, mask.shape, flip)
+        if band is None:
+            continue
+        crossed = shifted(mask, normal) & shifted(mask, (-normal[0], -normal[1]))
+        keep &= ~band | crossed
+        levels[band & ~crossed] = 0.0
+    return keep
+
+
+def _rule_band(ys, xs, shape, flip):
+    """(band, normal): the pixels on a family of ruled lines among the points ys, xs (near
+    horizontal lines, or near vertical ones with flip), and the integer offset that steps from a
+    line's middle to just beyond it; (None, None) when there is no such family."""
+    if flip:
+        ys, xs, shape = xs, ys, shape[::-1]
+    length = shape[1]
+    best = (-1.0, 0.0)
+    # The direction is found on a regular sample of the points: it projects as sharply.
+    every = max(1, len(ys) // 15000)
+    for span, step in ((6.0, 1.0), (1.0, 0.2), (0.2, 0.05)):
+        for angle in np.arange(best[1] - span, best[1] + span + step / 2, step):
+            hist = _projection(ys[::every], xs[::every], np.radians(angle))[0]
+            score = float(np.dot(hist, hist))
+            if score > best[0]:
+                best = (score, angle)
+    hist, low = _projection(ys, xs, np.radians(best[1]))
+    # A line runs across most of the picture, and stands out of the rows beside it, as no row
+    # of a noisy texture does.
+    peaks, count = ndimage.label(hist >= max(0.6 * length, 3 * np.median(hist)))
+    if count < 3:
+        return None, None
+    widths = np.bincount(peaks)[1:]
+    # Printed lines are thin, a few pixels however blurred, and evenly spaced; a digit's strokes
+    # along them are neither.
+    thin = widths <= 3 + 0.02 * min(shape)
+    centres = np.asarray(ndimage.center_of_mass(hist, peaks, np.flatnonzero(thin) + 1)).ravel()
+    if len(centres) < 3:
+        return None, None
+    # Evenly spaced: every gap a whole number of the commonest gap (a line may be hidden).
+    gaps = np.diff(centres)
+    steps = np.round(gaps / np.median(gaps))
+    if (steps < 1).any() or (np.abs(gaps - steps * np.median(gaps)) > max(3.0, 0.15 * np.median(gaps))).any():
+        return None, None
+    on_line = np.isin(peaks, np.flatnonzero(thin) + 1)
+    on_line |= _more_of_the_family(hist, centres, np.concatenate([[0], np.cumsum(steps)]),
+                                   int(widths[thin].max()), 0.15 * length)
+    on_line = ndimage.binary_dilation(on_line, iterations=1)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    a = np.radians(best[1])
+    bins = np.clip(np.round(yy * np.cos(a) - xx * np.sin(a)).astype(np.int64) - low, 0, len(hist) - 1)
+    band = on_line[bins]
+    reach = int(np.ceil(widths[thin].max() / 2)) + 2
+    normal = (round(reach * np.cos(a)), round(-reach * np.sin(a)))
+    if flip:
+        return band.T, normal[::-1]
+    return band, normal
+
+
+def _more_of_the_family(hist, centres, index, width, least):
+    """The projection's bins on the lines of the family that are too short or too broken to be
+    found on their own (where a line leaves the picture at a corner, or runs in shade): every
+    place one more even step away, if the projection peaks there, with at least `least` pixels.
+    centres: the lines found, index: their place in the family (0, 1, 2, ...)."""
+    step, start = np.polyfit(index, centres, 1)
+    out = np.zeros(len(hist), bool)
+    floor = max(least, 3 * float(np.median(hist)))
+    for k in range(int(np.floor(-start / step)), int(np.ceil((len(hist) - start) / step)) + 1):
+        at = round(start + k * step)
+        lo, hi = max(at - 3, 0), min(at + 4, len(hist))
+        if lo >= hi or hist[lo:hi].max() < floor:
+            continue
+        peak = lo + int(np.argmax(hist[lo:hi]))
+        out[max(peak - width // 2, 0):peak + width - width // 2] = True
+    return out
+
+
+def _projection(ys, xs, angle):
+    """(counts, lowest bin): how many of the points lie on each one-pixel line at the angle."""
+    r = np.round(ys * np.cos(angle) - xs * np.sin(angle)).astype(np.int64)
+    low = int(r.min())
+    return np.bincount(r - low).astype(np.float64), low
+
+
+def shifted(mask, offset):
+    """mask moved by the integer offset (dy, dx), paper coming in at the edges."""
+    dy, dx = offset
+    out = np.zeros_like(mask)
+    h, w = mask.shape
+    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        mask[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out

@@ -199,3 +199,38 @@ def test_stroke_width_is_the_ink_area_over_half_its_boundary():
     assert reading.ink.stroke_width(plus) == 2 * 5 / 4  # the centre's diagonals do not count
     assert reading.ink.stroke_width(np.ones((5, 5), bool)) == 2 * 25 / 16
     assert reading.ink.stroke_width(np.zeros((4, 4), bool)) == 0.0
+
+
+def ruled(img, kind, level, angle=0.0, step=40, width=2):
+    """The picture on squared or lined paper: lines `level` grey, `width` pixels, `step` apart,
+    rotated by angle degrees, under the ink (the ink is never lighter for a line beneath it)."""
+    grey = np.asarray(img, np.float32)
+    h, w = grey.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    a = np.radians(angle)
+    distances = [yy * np.cos(a) - xx * np.sin(a)] + ([xx * np.cos(a) + yy * np.sin(a)] if kind == "grid" else [])
+    on_line = np.zeros((h, w), bool)
+    for d in distances:
+        on_line |= np.abs(np.mod(d - 7, step) - step / 2) > step / 2 - width / 2
+    return Image.fromarray(np.where(on_line, np.minimum(grey, level), grey).astype(np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["grid", "lined"])
+@pytest.mark.parametrize("level", [200, 70])
+@pytest.mark.parametrize("angle", [0.0, 4.0])
+def test_printed_lines_are_removed_and_the_digit_kept(kind, level, angle):
+    """Light and dark lines of squared and lined paper, straight or rotated: the ink found is
+    the digit's, and its strokes that cross a line stay one piece."""
+    clean = draw_seven(size=(400, 300), box=(150, 60, 250, 240), width=14)
+    mask = reading.ink.read_ink(ruled(clean, kind, level, angle)).mask
+    reference = reading.ink.read_ink(clean).mask
+    assert (mask & reference).sum() / (mask | reference).sum() >= 0.9
+    assert reading.ink.label_pieces(mask)[1] == 1
+
+
+def test_a_one_drawn_along_a_grid_line_keeps_its_stroke():
+    img = Image.new("L", (400, 300), 255)
+    ImageDraw.Draw(img).line([(207, 50), (207, 250)], fill=0, width=12)
+    stroke = np.asarray(img) < 128
+    mask = reading.ink.read_ink(ruled(img, "grid", 70)).mask  # a vertical line at x = 207
+    assert mask[stroke].mean() > 0.9 and stroke[mask].mean() > 0.9

@@ -1,0 +1,71 @@
+"""Tests of reading the ink under a shadow across the sheet (reading/paper.py's shade_free and
+reading/ink.py's use of it), and of a number written on squared paper."""
+import numpy as np
+import pytest
+from drawing import draw_seven, save
+from PIL import Image, ImageDraw
+
+import predict
+import reading.ink
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def shadowed(img, edge_width, depth):
+    """The picture with a shadow over its lower left, edge_width pixels from light to shade
+    (1: a hard edge), depth (a fraction of the light) dark, its edge a diagonal through the digit."""
+    grey = np.asarray(img, np.float32) / 255
+    h, w = grey.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    across = (yy - 0.4 * h) * 0.8 - (xx - 0.55 * w) * 0.6  # beyond the edge: positive
+    light = 1 - depth * np.clip(across / edge_width + 0.5, 0, 1)
+    return Image.fromarray((grey * (0.95 * light) * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("edge_width", [1, 40])
+@pytest.mark.parametrize("depth", [0.35, 0.6])
+def test_a_shadow_across_the_digit_leaves_exactly_its_ink(tmp_path, edge_width, depth):
+    """A hard-edged and a soft-edged shadow over half the sheet and part of the digit: the ink
+    found is the digit's, not the shadowed paper."""
+    clean = draw_seven(size=(400, 300), box=(150, 60, 250, 240), width=14)
+    path = save(shadowed(clean, edge_width, depth), tmp_path / "shadow.jpg", quality=90)
+    reference = reading.ink.read_ink(clean).mask
+    assert iou(reading.ink.read_ink(path).mask, reference) >= 0.9
+
+
+def test_a_bold_digit_cropped_tightly_is_not_taken_for_a_shadow():
+    """Strokes as thick as a quarter of the picture, touching its edges: they are the ink, all
+    of them."""
+    img = draw_seven(size=(120, 120), box=(12, 14, 108, 110), width=30)
+    dark = np.asarray(img) < 128
+    mask = reading.ink.read_ink(img).mask
+    assert mask[dark].mean() > 0.95 and dark[mask].mean() > 0.9
+
+
+def write_number(digits, images, labels, cell=48):
+    """MNIST test digits of the number dark on light paper, one to a cell, and the same picture on
+    squared paper whose dark lines cross every digit."""
+    canvas = Image.new("L", (cell * (len(digits) + 2), cell * 3), 235)
+    for k, d in enumerate(digits):
+        i = int(np.flatnonzero(labels == d)[0])
+        tile = Image.fromarray(255 - images[i]).resize((cell, cell), Image.Resampling.BICUBIC)
+        canvas.paste(Image.fromarray(np.minimum(np.asarray(tile), 235).astype(np.uint8)),
+                     (cell * (k + 1), cell))
+    squared = canvas.copy()
+    draw = ImageDraw.Draw(squared)
+    for x in range(cell // 2, squared.width, cell):
+        draw.line([(x, 0), (x, squared.height)], fill=90, width=2)
+    for y in range(cell // 2, squared.height, cell):
+        draw.line([(0, y), (squared.width, y)], fill=90, width=2)
+    return canvas, squared
+
+
+def test_a_number_on_squared_paper_reads_as_on_plain_paper(mnist_test, small_model_weights):
+    images, labels = mnist_test
+    plain, squared = write_number([3, 0, 7, 5], images, labels)
+    model = predict.load_model(small_model_weights)
+    on_plain = predict.predict_number(model, plain)
+    assert len(on_plain) == 4
+    assert predict.predict_number(model, squared) == on_plain
