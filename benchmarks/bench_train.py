@@ -5,7 +5,11 @@ side by side on the same machine, with the same model, hyper-parameters and epoc
     python benchmarks/bench_train.py                    # 10 epochs each
     python benchmarks/bench_train.py --epochs 2         # a quick look
     python benchmarks/bench_train.py --epochs 1 --limit 2000   # checks that it runs
-    python benchmarks/bench_train.py --seeds 1 2 3 --skip-baseline   # accuracy over seeds
+    python benchmarks/bench_train.py --recipe default --seeds 1 2 3 4 5 --skip-baseline   # accuracy over seeds
+
+The comparison trains this project with --textbook, the same work as the DataLoader recipe (no
+distortions, no non-digits, no calibration); --recipe default times what `python
+mnist_cnn_model.py` runs by default.
 
 Each contender runs in its own process (start-up, data loading and evaluation included), one
 after the other so that they never compete for the cores. For this project it also reports the
@@ -139,6 +143,9 @@ def main():
                                                   "to check that the benchmark runs (default: all 60000)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                         help="this project's --precision (default: auto)")
+    parser.add_argument("--recipe", default="textbook", choices=["textbook", "default"],
+                        help="this project's recipe: textbook (the DataLoader recipe's work) or default "
+                             "(default: textbook)")
     parser.add_argument("--skip-baseline", action="store_true", help="time this project only (default: off)")
     parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -149,15 +156,16 @@ def main():
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.epochs} epochs{f' on {args.limit} images' if args.limit else ''}, CPU")
     limit = ["--limit", str(args.limit)] if args.limit else []
+    recipe = ["--textbook"] if args.recipe == "textbook" else []
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             cmd = [sys.executable, "mnist_cnn_model.py", "--epochs", str(args.epochs), "--seed", str(seed),
-                   "--device", "cpu", "--precision", args.precision, "--data-dir", args.data_dir, *limit,
+                   "--device", "cpu", "--precision", args.precision, "--data-dir", args.data_dir, *limit, *recipe,
                    "--run-dir", os.path.join(tmp, f"run{seed}"), "--weights", os.path.join(tmp, f"w{seed}.pt")]
             seconds, accuracy = timed(cmd)
             results.append((seconds, accuracy))
-            print(f"this project, seed {seed}: {seconds:6.1f} s, test accuracy {accuracy:.2f}%", flush=True)
+            print(f"this project ({args.recipe} recipe), seed {seed}: {seconds:6.1f} s, test accuracy {accuracy:.2f}%", flush=True)
         with open(os.path.join(tmp, f"run{args.seeds[0]}", "metrics.json")) as f:
             first_run = json.load(f)
     if len(results) > 1:
