@@ -91,6 +91,14 @@ def small_model_weights(train_weights):
 
 
 @pytest.fixture(scope="session")
+def exported(tmp_path_factory, small_model_weights):
+    """A folder with the small CNN (cnn.pt) and an untrained number reader (reader.pt) exported
+    by export_onnx.py (cnn.onnx, reader.onnx), and what the export printed."""
+    from onnx_support import exported_folder
+    return exported_folder(tmp_path_factory.mktemp("exported"), small_model_weights)
+
+
+@pytest.fixture(scope="session")
 def small_model(small_model_weights):
     from predict import load_model
     return load_model(small_model_weights)
