@@ -8,6 +8,8 @@ Read the handwritten digits in your own pictures with the CNN trained by mnist_c
                                                    # number_reader.pt, when trained, for touching digits)
     python predict.py samples/drawing.png --show   # also write a figure: the picture, what the model
                                                    # saw, the ten probabilities
+    python predict.py --weights mnist_cnn.onnx samples/digit.jpg  # the export (export_onnx.py), read
+                                                   # by ONNX Runtime: no PyTorch needed (docs/onnx.md)
 
 From Python (after `python mnist_cnn_model.py`; load_reader after `python number_reader.py`):
 
@@ -22,9 +24,11 @@ From Python (after `python mnist_cnn_model.py`; load_reader after `python number
     for d in predict_digits(model, "samples/number.jpg"):
         print(d.digit, d.box)
 
-Pictures become what MNIST digits look like in reading/digit_input.py, and a number is split into
-its digits in reading/segment.py, helped by the number reader of number_reader.py where it is
-given. The probabilities are calibrated (a reading given at 90% is right about 90% of the time),
+load_model and load_reader take PyTorch weights (.pt: the torch module itself) or their ONNX
+export (.onnx: reading.runtime.OnnxDigits and OnnxReader); every function here reads with either,
+and preprocess_image and DigitReading.image are NumPy arrays. Pictures become what MNIST digits
+look like in reading/digit_input.py, and a number is split into its digits in reading/segment.py,
+helped by the number reader of number_reader.py where it is given. The probabilities are calibrated (a reading given at 90% is right about 90% of the time),
 and a picture whose probabilities name no digit clearly (a letter, a scribble, an object) is not
 a digit (reading/verdict.py). Problems are raised as PredictError subclasses with a one-sentence
 message: WeightsNotFoundError, BadWeightsError, ImageNotFoundError, NotAnImageError and
