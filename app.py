@@ -3,6 +3,7 @@ Draw digits in your browser and watch the model read them as you draw; or ask it
 
     python app.py                                 # then open http://127.0.0.1:8000/
     python app.py --weights mnist_cnn.pt --port 8080
+    python app.py --weights mnist_cnn.onnx        # the export (export_onnx.py): no PyTorch needed
     curl --data-binary @photo.jpg http://127.0.0.1:8000/api/predict
 
 Train first (`python mnist_cnn_model.py`; `python number_reader.py` too, for digits drawn so
@@ -42,7 +43,6 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -53,7 +53,7 @@ import predict
 
 # read_picture and what it uses are app's too: the tests and the worker processes find them here.
 from app_reading import open_upload, read_picture, seen_levels, warm_up  # noqa: F401
-from reading.models import reader_weights
+from reading.runtime import reader_weights
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.html")
 # A phone photo is a few MB; ten is plenty and bounds the memory one request can take.
@@ -61,8 +61,8 @@ MAX_BODY = 10 * 1024 * 1024
 # A photo crosses a local network in well under a second; an upload that stalls for this long
 # would otherwise hold its connection open for good.
 UPLOAD_SECONDS = 30
-# Each worker process holds its own torch and models in memory, and a page for people to draw on
-# needs few of them.
+# Each worker process holds its own runtime (torch or ONNX Runtime) and models in memory, and a
+# page for people to draw on needs few of them.
 MAX_WORKERS = 4
 
 log = logging.getLogger("app")
@@ -77,9 +77,9 @@ _worker_models = None  # in a worker process, its copy of the model and of the n
 
 def _start_worker(pickled_models, ready):
     global _worker_models
-    # One process per core already keeps the cores busy; more threads would only fight them.
-    torch.set_num_threads(1)
     _worker_models = pickle.loads(pickled_models)
+    # One process per core already keeps the cores busy; more threads would only fight them.
+    _one_thread()
     warm_up(*_worker_models)
     _spare_from_garbage_collection()
     # The server stops its worker processes, but if it is killed they must not linger: the pipe
@@ -88,10 +88,19 @@ def _start_worker(pickled_models, ready):
     ready.wait()  # the server announces its address once every worker has its models
 
 
+def _one_thread():
+    # PyTorch's intra-op threads, where the models are PyTorch's (loading them imported torch);
+    # ONNX Runtime's sessions are opened with one thread (reading/runtime.py). torch is looked up,
+    # not imported: reading .onnx models must never import it.
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
 def _spare_from_garbage_collection():
-    # torch, NumPy and FastAPI leave a great many objects that live as long as the process; the
-    # first full garbage collection that walks them all would stall a request. Set them aside:
-    # only objects made later are collected.
+    # torch or ONNX Runtime, NumPy and FastAPI leave a great many objects that live as long as the
+    # process; the first full garbage collection that walks them all would stall a request. Set
+    # them aside: only objects made later are collected.
     gc.collect()
     gc.freeze()
 
@@ -285,11 +294,13 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Serve a page to draw digits on and see them read live, and an HTTP API.")
     parser.add_argument("--weights", default=predict.DEFAULT_WEIGHTS,
-                        help=f"trained weights from mnist_cnn_model.py (default: "
+                        help=f"trained weights from mnist_cnn_model.py, or their export by export_onnx.py "
+                             f"(a .onnx file: read by ONNX Runtime, no PyTorch needed) (default: "
                              f"{predict.DEFAULT_WEIGHTS})")
     parser.add_argument("--reader", metavar="WEIGHTS",
                         help=f"the number reader from number_reader.py, which reads digits that "
-                             f"touch (default: {predict.DEFAULT_READER} if it exists)")
+                             f"touch, .pt or .onnx (default: {predict.DEFAULT_READER} if it exists; "
+                             f"number_reader.onnx with .onnx weights)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; only this machine can connect to the default "
                              "(default: 127.0.0.1)")
@@ -311,7 +322,7 @@ def load_models(weights, given_reader):
     """(the CNN, the number reader or None): the number reader from given_reader, or from
     DEFAULT_READER when that file is there. Raises PredictError."""
     model = predict.load_model(weights)
-    path = reader_weights(given_reader)
+    path = reader_weights(given_reader, weights)
     return model, None if path is None else predict.load_reader(path)
 
 
@@ -344,7 +355,7 @@ def main(argv=None):
         return 1
     # Requests are served by several threads at once; one intra-op thread each keeps them from
     # fighting over the cores (one small picture gains nothing from more).
-    torch.set_num_threads(1)
+    _one_thread()
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO)
     pool = None
     try:

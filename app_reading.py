@@ -5,13 +5,14 @@ reason where it is not one. The same reading/ code as `python predict.py` reads 
 import io
 import logging
 
-import torch
+import numpy as np
 from PIL import Image, ImageDraw
 
 import predict
 from reading.digit_input import grey_levels, to_mnist
 from reading.images import open_file
 from reading.ink import read_ink
+from reading.runtime import digit_probabilities
 from reading.verdict import why_not_a_digit
 
 log = logging.getLogger("app")
@@ -28,10 +29,10 @@ def open_upload(data):
     return open_file(io.BytesIO(data), "The request body")
 
 
-def seen_levels(tensor):
-    """The normalised 1x28x28 tensor the model read, as 784 grey levels 0-255 row by row: what
+def seen_levels(image):
+    """The normalised 1x28x28 array the model read, as 784 grey levels 0-255 row by row: what
     the page draws so the user sees what the model saw."""
-    return (grey_levels(tensor[0]) * 255).round().to(torch.uint8).flatten().tolist()
+    return (grey_levels(np.asarray(image[0])) * 255).round().astype(np.uint8).flatten().tolist()
 
 
 def read_picture(model, data, reader=None):
@@ -53,7 +54,7 @@ def read_picture(model, data, reader=None):
         digit, probabilities = readings[0].digit, readings[0].probabilities
     else:
         # (When both readings fail, the sentence given is this one's.)
-        whole = predict.predict_batch(model, [to_mnist(ink.levels, ink.mask, ink.name)])[0]
+        whole = digit_probabilities(model, [to_mnist(ink.levels, ink.mask, ink.name)])[0]
         digit, probabilities = int(whole.argmax()), whole.tolist()
     if failure is not None:
         raise failure
@@ -72,7 +73,7 @@ def read_picture(model, data, reader=None):
 
 def warm_up(model, reader=None):
     """Read one small drawing, so that the first picture a person sends does not pay for the
-    set-up torch, NumPy and SciPy do on their first call."""
+    set-up the model's runtime, NumPy and SciPy do on their first call."""
     img = Image.new("L", (120, 80), 255)
     ImageDraw.Draw(img).line([(40, 15), (80, 15), (55, 65)], fill=0, width=8)
     buf = io.BytesIO()

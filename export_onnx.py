@@ -23,13 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reading.ctc import decode
 from reading.digit_input import MNIST_MEAN, MNIST_STD
 from reading.errors import PredictError
-from reading.models import DEFAULT_READER, DEFAULT_WEIGHTS, load_model, load_reader, reader_weights
-from reading.number_model import decode
-from reading.runtime import (DIGIT_INPUT, DIGIT_MODEL, MEAN_KEY, MEANINGS, MODEL_KEY, NUMBER_READER,
-                             READER_INPUT, READER_OUTPUT, STD_KEY, TEMPERATURE_KEY, THRESHOLD_KEY, OnnxDigits,
-                             OnnxReader, TorchDigits, TorchReader)
+from reading.models import load_model, load_reader
+from reading.runtime import (DEFAULT_READER, DEFAULT_WEIGHTS, DIGIT_INPUT, DIGIT_MODEL, MEAN_KEY, MEANINGS,
+                             MODEL_KEY, NUMBER_READER, READER_INPUT, READER_OUTPUT, STD_KEY, TEMPERATURE_KEY,
+                             THRESHOLD_KEY, OnnxDigits, OnnxReader, TorchDigits, TorchReader, reader_weights)
 from reading.verdict import NOT_A_DIGIT_BELOW
 from training.run_files import atomic_write
 

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reading.ctc import BLANK, decode
 from reading.models import DEFAULT_READER
-from reading.number_model import BLANK, NumberReader, batch_lines, decode
+from reading.number_model import NumberReader, batch_lines
 from training.arguments import check_numbers, check_writable, training_device, training_precision
 from training.loop import StopRequest, autocast, keep_freed_memory, progress_bar, run_epoch
 from training.mnist_data import DataError, load_digits

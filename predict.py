@@ -8,6 +8,8 @@ Read the handwritten digits in your own pictures with the CNN trained by mnist_c
                                                    # number_reader.pt, when trained, for touching digits)
     python predict.py samples/drawing.png --show   # also write a figure: the picture, what the model
                                                    # saw, the ten probabilities
+    python predict.py --weights mnist_cnn.onnx samples/digit.jpg  # the export (export_onnx.py), read
+                                                   # by ONNX Runtime: no PyTorch needed (docs/onnx.md)
 
 From Python (after `python mnist_cnn_model.py`; load_reader after `python number_reader.py`):
 
@@ -22,9 +24,11 @@ From Python (after `python mnist_cnn_model.py`; load_reader after `python number
     for d in predict_digits(model, "samples/number.jpg"):
         print(d.digit, d.box)
 
-Pictures become what MNIST digits look like in reading/digit_input.py, and a number is split into
-its digits in reading/segment.py, helped by the number reader of number_reader.py where it is
-given. The probabilities are calibrated (a reading given at 90% is right about 90% of the time),
+load_model and load_reader take PyTorch weights (.pt: the torch module itself) or their ONNX
+export (.onnx: reading.runtime.OnnxDigits and OnnxReader); every function here reads with either,
+and preprocess_image and DigitReading.image are NumPy arrays. Pictures become what MNIST digits
+look like in reading/digit_input.py, and a number is split into its digits in reading/segment.py,
+helped by the number reader of number_reader.py where it is given. The probabilities are calibrated (a reading given at 90% is right about 90% of the time),
 and a picture whose probabilities name no digit clearly (a letter, a scribble, an object) is not
 a digit (reading/verdict.py). Problems are raised as PredictError subclasses with a one-sentence
 message: WeightsNotFoundError, BadWeightsError, ImageNotFoundError, NotAnImageError and
@@ -37,17 +41,19 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
-import torch
+import numpy as np
 from PIL import Image
 
+from reading.ctc import read_row
 from reading.digit_input import preprocess_image, to_mnist
 from reading.errors import (BadWeightsError, ImageNotFoundError, NoDigitError, NotADigitError, NotAnImageError,
                             PredictError, WeightsNotFoundError)
-from reading.figures import has_display, number_confidence, pyplot, show_number, show_prediction
+from reading.figures import (check_matplotlib, has_display, number_confidence, pyplot, show_number,
+                             show_prediction)
 from reading.ink import read_ink
 from reading.marks import Mark
-from reading.models import (DEFAULT_READER, DEFAULT_WEIGHTS, load_model, load_reader, predict_batch, read_row,
-                            reader_weights)
+from reading.runtime import (DEFAULT_READER, DEFAULT_WEIGHTS, digit_probabilities, is_onnx, load_model,
+                             load_reader, reader_default, reader_weights)
 from reading.segment import count_digits, split_marks
 from reading.verdict import why_not_a_digit
 
@@ -69,7 +75,7 @@ def predict_with_probabilities(model, image_path):
     """(digit, probabilities): the likeliest digit as an int and the ten calibrated probabilities
     as a list of floats that sums to 1 (probabilities[d] is the model's confidence in digit d).
     It always names a digit; read_digit also says when the picture holds none."""
-    probs = predict_batch(model, [preprocess_image(image_path)])[0]
+    probs = digit_probabilities(model, [preprocess_image(image_path)])[0]
     return int(probs.argmax()), probs.tolist()
 
 
@@ -85,7 +91,7 @@ class Reading(NamedTuple):
 def read_digit(model, image_path):
     """The Reading of the picture at image_path (a path or a PIL image), taking all its ink as one
     digit. Raises NoDigitError when it holds nothing to read (blank, uniform, noise)."""
-    probs = predict_batch(model, [preprocess_image(image_path)])[0].tolist()
+    probs = digit_probabilities(model, [preprocess_image(image_path)])[0].tolist()
     reason = why_not_a_digit(probs)
     return Reading(None if reason else probs.index(max(probs)), probs, reason)
 
@@ -103,12 +109,12 @@ def predict_user_input(model, image_path):
 class DigitReading(NamedTuple):
     """One digit of a number: the digit (int), its ten probabilities (floats summing to 1), its
     box (x0, y0, x1, y1) in the original picture's pixels (x1, y1 exclusive), image, the
-    normalised 1x28x28 tensor the model read, and all_ink, whether the digit is all the ink in
+    normalised 1x28x28 float32 array the model read, and all_ink, whether the digit is all the ink in
     the picture (image is then what preprocess_image makes of the picture)."""
     digit: int
     probabilities: list
     box: tuple
-    image: torch.Tensor
+    image: np.ndarray
     all_ink: bool = False
 
 
@@ -144,10 +150,10 @@ def read_number(model, ink, reader=None, require_digits=False):
     """predict_number_reading for a picture already read by reading.ink.read_ink; with
     require_digits False, a picture of marks alone is a NumberReading with no digits."""
     read_line = None if reader is None else lambda levels, mask, name: read_row(reader, levels, mask, name)
-    found = split_marks(ink, lambda batch: predict_batch(model, batch), read_line)
+    found = split_marks(ink, lambda batch: digit_probabilities(model, batch), read_line)
     if not found.digits and (require_digits or not found.marks):
         raise _no_digit(ink.name, found.marks)
-    probs = predict_batch(model, [d.tensor for d in found.digits]) if found.digits else []
+    probs = digit_probabilities(model, [d.tensor for d in found.digits]) if found.digits else []
     probs = [p.tolist() if d.reader_probabilities is None else d.reader_probabilities
              for d, p in zip(found.digits, probs)]
     return NumberReading([DigitReading(p.index(max(p)), p, d.box, d.tensor, d.all_ink)
@@ -191,9 +197,9 @@ def image_files(paths):
 
 
 class OneDigit(NamedTuple):
-    """A picture read as one digit: the tensor the model reads, and how many digits --number
-    would find in it."""
-    tensor: torch.Tensor
+    """A picture read as one digit: the normalised 1x28x28 array the model reads, and how many
+    digits --number would find in it."""
+    tensor: np.ndarray
     count: int
 
 
@@ -203,7 +209,7 @@ def _read_one(model, path):
     try:
         ink = read_ink(path)
         return OneDigit(to_mnist(ink.levels, ink.mask, ink.name),
-                        count_digits(ink, lambda batch: predict_batch(model, batch)))
+                        count_digits(ink, lambda batch: digit_probabilities(model, batch)))
     except PredictError as error:
         return _bare(error)
 
@@ -223,8 +229,8 @@ def _bare(error):
 
 def format_line(path, probs, top_k=1):
     """'path: digit (confidence%)', then the next likeliest digits when top_k > 1."""
-    values, digits = torch.topk(probs, top_k)
-    ranked = ", ".join(f"{int(d)} ({100 * float(v):.1f}%)" for v, d in zip(values, digits))
+    digits = np.argsort(-np.asarray(probs), kind="stable")[:top_k]
+    ranked = ", ".join(f"{int(d)} ({100 * float(probs[d]):.1f}%)" for d in digits)
     return f"{path}: {ranked}"
 
 
@@ -244,13 +250,16 @@ def parse_args(argv=None):
                         help=f"image files or folders of images (default: image_path in predict.py, "
                              f"now {image_path!r})")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS,
-                        help=f"trained weights from mnist_cnn_model.py (default: {DEFAULT_WEIGHTS})")
+                        help=f"trained weights from mnist_cnn_model.py, or their export by export_onnx.py "
+                             f"(a .onnx file: read by ONNX Runtime, no PyTorch needed) (default: "
+                             f"{DEFAULT_WEIGHTS})")
     parser.add_argument("--number", action="store_true",
                         help="read every digit, left to right, as one number (default: off, one "
                              "digit per picture)")
     parser.add_argument("--reader", metavar="WEIGHTS",
                         help=f"with --number, the number reader from number_reader.py, which reads "
-                             f"digits that touch (default: {DEFAULT_READER} if it exists)")
+                             f"digits that touch, .pt or .onnx (default: {DEFAULT_READER} if it exists; "
+                             f"number_reader.onnx with .onnx weights)")
     parser.add_argument("--top-k", type=int, default=1, metavar="K",
                         help="print the K likeliest digits with their probabilities (default: 1)")
     parser.add_argument("--show", action="store_true",
@@ -272,13 +281,14 @@ def load_models(args):
     weights file is missing or bad. Without a reader, --number says how to train one."""
     model = load_model(args.weights, args.device)
     reader = None
-    path = reader_weights(args.reader) if args.number else None
+    path = reader_weights(args.reader, args.weights) if args.number else None
     if path is not None:
         reader = load_reader(path, args.device)
     if args.number and reader is None:
-        print(f"note: no {DEFAULT_READER}, so digits that touch are read by cutting them apart "
-              f"alone; `python number_reader.py` trains the reader, which reads them far better.",
-              file=sys.stderr)
+        how = ("`python export_onnx.py` exports the reader once `python number_reader.py` has trained it"
+               if is_onnx(args.weights) else "`python number_reader.py` trains the reader")
+        print(f"note: no {reader_default(args.weights)}, so digits that touch are read by cutting them "
+              f"apart alone; {how}, which reads them far better.", file=sys.stderr)
     return model, reader
 
 
@@ -341,7 +351,7 @@ def print_digits(pool, model, paths, output):
             counts.append(result.count)
     if not read:
         return
-    probs = predict_batch(model, tensors)
+    probs = digit_probabilities(model, tensors)
     for path, tensor, p, count in zip(read, tensors, probs, counts):
         output.digit(path, tensor, p, count)
 
@@ -350,6 +360,8 @@ def main(argv=None):
     args = parse_args(argv)
     paths = args.paths or [image_path]
     try:
+        if args.show:
+            check_matplotlib()
         model, reader = load_models(args)
     except PredictError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -359,7 +371,7 @@ def main(argv=None):
         print(f"error: no image files in {', '.join(paths)}.", file=sys.stderr)
         return 1
     output = Output(args)
-    # Preprocessing is most of the time; Pillow, NumPy, SciPy and torch release the GIL in their
+    # Preprocessing is most of the time; Pillow, NumPy and SciPy release the GIL in their
     # heavy parts, so threads spread it over the cores with results kept in order.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(files), BATCH_SIZE):

@@ -25,7 +25,6 @@ import sys
 import tempfile
 
 import numpy as np
-import torch
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -179,6 +178,7 @@ def main(argv=None):
             if args.numbers else f"{len(labels)} optdigits digits")
     if reader is not None:
         what += f", number reader {os.path.relpath(reader_path)}"
+    import torch  # for its version alone: tests draw this file's scans where torch is not installed
     print(f"\n{what} (30 writers), weights {os.path.relpath(args.weights)}; "
           f"{platform.machine()} CPU, torch {torch.__version__}\n")
     if args.numbers:

@@ -5,7 +5,6 @@ the slices into digits (see segment.split_number, which calls these).
 from typing import NamedTuple
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from reading.digit_input import to_mnist
@@ -30,7 +29,7 @@ class Part(NamedTuple):
     for a digit, or why the ink is a mark that is no digit (reading.verdict.why_not_a_digit's)."""
     box: tuple
     mask: np.ndarray
-    tensor: torch.Tensor
+    tensor: np.ndarray
     probabilities: np.ndarray
     reason: str = None
 
@@ -256,7 +255,7 @@ def candidates(ink, group, found, line, classify):
             height = (rows.stop - rows.start) / line
             part = Part(box, sub[rows, cols].copy(), tensors[-1], None)
             runs.append(Candidate(i, j + 1, part, width / line, height, found[i].cut))
-    probs = classify(torch.stack(tensors)).double().numpy() if tensors else []
+    probs = np.asarray(classify(np.stack(tensors)), np.float64) if tensors else []
     return [c._replace(part=c.part._replace(probabilities=p)) for c, p in zip(runs, probs)]
 
 

@@ -3,7 +3,6 @@ scaled to fit 20x20, centred by mass in 28x28, normalised as in training), and a
 -> the number reader's input.
 """
 import numpy as np
-import torch
 from PIL import Image
 from scipy import ndimage
 
@@ -18,10 +17,11 @@ MNIST_STD = 0.3081
 
 
 def grey_levels(x):
-    """The model's normalised input (a tensor or an array, any shape) back to grey levels in
-    [0, 1]: what the model saw, for showing to people."""
+    """The model's normalised input (an array, or a torch tensor, any shape) back to grey levels
+    in [0, 1]: what the model saw, for showing to people."""
     x = x * MNIST_STD + MNIST_MEAN
-    return x.clamp(0, 1) if isinstance(x, torch.Tensor) else np.clip(x, 0, 1)
+    # A tensor is clamped by its own method: this module must not import torch.
+    return x.clamp(0, 1) if hasattr(x, "clamp") else np.clip(x, 0, 1)
 
 
 # The ink is handled at SUPERSAMPLE times the final 28x28 resolution, so placing it by its centre
@@ -34,7 +34,7 @@ MNIST_STROKE_RATIO = 0.12
 
 
 def preprocess_image(image):
-    """The normalised 1x28x28 float tensor the model reads, from a path or a PIL image, taking
+    """The normalised 1x28x28 float32 array the model reads, from a path or a PIL image, taking
     all the ink in the picture as one digit. Raises ImageNotFoundError, NotAnImageError or
     NoDigitError."""
     ink = read_ink(image)
@@ -45,13 +45,13 @@ def preprocess_image(image):
 # One digit's ink -> the model's 28x28 input
 
 def to_mnist(levels, mask, name="the image"):
-    """The normalised 1x28x28 tensor of the ink of one digit: cropped to the mask, made soft
+    """The normalised 1x28x28 float32 array of the ink of one digit: cropped to the mask, made soft
     levels in [0, 1], strokes brought to MNIST's width, fitted to 20x20 and centred by mass."""
     digit = crop_to_ink(levels, mask)
     if digit.size == 0 or float(digit.sum()) <= 0:
         raise NoDigitError(f"No digit found in {name}: too little ink is left once cropped.")
     small = centre_in_28x28(normalise_stroke_width(digit))
-    return torch.from_numpy((small - MNIST_MEAN) / MNIST_STD).float().unsqueeze(0)
+    return ((small - MNIST_MEAN) / MNIST_STD).astype(np.float32)[None]
 
 
 def crop_to_ink(levels, mask):

@@ -4,7 +4,10 @@ matplotlib is imported only when a figure is asked for.
 import os
 import sys
 
+import numpy as np
+
 from reading.digit_input import grey_levels
+from reading.errors import PredictError
 from reading.images import open_image
 
 
@@ -13,6 +16,16 @@ def has_display():
     if sys.platform in ("darwin", "win32"):
         return True
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def check_matplotlib():
+    """PredictError with one sentence when matplotlib, which only --show needs, is not installed
+    (requirements-serve.txt leaves it out)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        raise PredictError("--show draws its figures with matplotlib, which is not installed here: "
+                           "pip install matplotlib, or leave out --show.") from error
 
 
 def pyplot():
@@ -45,7 +58,7 @@ def show_prediction(path, tensor, probs, taken, keep_open=False):
     probabilities) and print where it is; returns the file name."""
     plt = pyplot()
     original = open_image(path).convert("RGB")
-    seen = grey_levels(tensor[0].numpy())
+    seen = grey_levels(np.asarray(tensor[0]))
     digit = int(probs.argmax())
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1, 1.4]})
     axes[0].imshow(original)
@@ -55,7 +68,7 @@ def show_prediction(path, tensor, probs, taken, keep_open=False):
     for ax in axes[:2]:
         ax.axis("off")
     colours = ["tab:orange" if d == digit else "tab:blue" for d in range(10)]
-    axes[2].bar(range(10), probs.numpy(), color=colours)
+    axes[2].bar(range(10), np.asarray(probs), color=colours)
     axes[2].set_xticks(range(10))
     axes[2].set_ylim(0, 1)
     axes[2].set_xlabel("digit")
@@ -92,7 +105,7 @@ def show_number(path, readings, taken, keep_open=False, left_out=()):
     top.axis("off")
     for i, r in enumerate(readings):
         ax = fig.add_subplot(grid[1, i])
-        ax.imshow(grey_levels(r.image[0].numpy()), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(grey_levels(np.asarray(r.image[0])), cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"{r.digit} ({100 * r.probabilities[r.digit]:.0f}%)", fontsize=10)
         ax.axis("off")
     return _save_figure(plt, fig, path, taken, keep_open)

@@ -1,5 +1,6 @@
-"""The trained models: loading their weights safely, on the device asked for, and running them
-on prepared inputs.
+"""The trained models in PyTorch: loading their weights safely, on the device asked for, and
+running the CNN on prepared inputs. Only reading PyTorch weights imports this module (see
+reading/runtime.py, which also reads the .onnx exports without torch).
 """
 import hashlib
 import json
@@ -9,13 +10,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from reading.digit_input import to_line_input
 from reading.errors import BadWeightsError, DeviceNameError, PredictError, WeightsNotFoundError
-from reading.number_model import NumberReader, batch_lines, decode, log_likelihood
-from reading.segment import LineReading
-
-DEFAULT_WEIGHTS = "mnist_cnn.pt"
-DEFAULT_READER = "number_reader.pt"
+from reading.number_model import NumberReader
+from reading.runtime import DEFAULT_READER, DEFAULT_WEIGHTS
 
 
 def sha256_of(path):
@@ -53,14 +50,6 @@ def recorded_temperature(weights_path):
     except (OSError, ValueError, TypeError, AttributeError):
         return 1.0  # no record (weights from elsewhere) or an unreadable one
     return temperature if 0 < temperature < float("inf") else 1.0
-
-
-def reader_weights(given=None):
-    """The number reader's weights to use: the file given, else DEFAULT_READER when it exists
-    (the reader is optional), else None."""
-    if given:
-        return given
-    return DEFAULT_READER if os.path.exists(DEFAULT_READER) else None
 
 
 def load_reader(weights_path=DEFAULT_READER, device=None):
@@ -160,15 +149,3 @@ def predict_batch(model, tensors):
     device = next(model.parameters()).device
     batch = torch.stack(list(tensors)).to(device)
     return F.softmax(model(batch) / getattr(model, "temperature", 1.0), dim=1).cpu()
-
-
-@torch.no_grad()
-def read_row(reader, levels, mask, name="the image"):
-    """The number reader's LineReading of the ink in mask: its digits, the ten probabilities of
-    each (the reader's, at the column where it is likeliest, over the digits alone), and the
-    log-likelihood of any other list of digits."""
-    x, columns = batch_lines([to_line_input(levels, mask, name)])
-    log_probs = reader(x.to(next(reader.parameters()).device))[0, :columns[0]].float().cpu()
-    digits, at = decode(log_probs)
-    probabilities = [F.softmax(log_probs[t, :10], 0).tolist() for t in at]
-    return LineReading(digits, probabilities, lambda other: log_likelihood(log_probs, other))

@@ -1,13 +1,11 @@
-"""The number reader's network (trained by number_reader.py) and how its output is decoded.
+"""The number reader's network (trained by number_reader.py). Reading its output needs no torch:
+that is reading/ctc.py.
 """
-import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+import torch.nn as nn
 
-from reading.digit_input import LINE_HEIGHT, LINE_PAD
-
-BLANK = 10  # CTC's "no digit in this column" class, after the ten digits
+from reading.ctc import pad_rows
 
 
 class NumberReader(nn.Module):
@@ -37,37 +35,6 @@ class NumberReader(nn.Module):
 
 def batch_lines(lines):
     """A list of 28 x W line arrays -> (N x 1 x 28 x W_max tensor padded with background, the
-    number of columns of each line)."""
-    width = max(line.shape[1] for line in lines)
-    width += width % 2
-    batch = torch.zeros(len(lines), 1, LINE_HEIGHT + 2 * LINE_PAD, width)
-    for i, line in enumerate(lines):
-        batch[i, 0, :, :line.shape[1]] = torch.from_numpy(np.asarray(line, np.float32))
-    return batch, torch.tensor([line.shape[1] // 2 for line in lines])
-
-
-def decode(log_probs):
-    """Greedy CTC decoding of one line's log-probabilities (T x 11): the digits, and for each the
-    column where it is likeliest. Each run of one class is one symbol, blanks are dropped, so
-    "7 7 _ 7" is 77."""
-    best = log_probs.argmax(-1).tolist()
-    digits, columns = [], []
-    previous = BLANK
-    for t, c in enumerate(best):
-        if c != BLANK and c != previous:
-            digits.append(c)
-            columns.append(t)
-        elif c != BLANK and log_probs[t, c] > log_probs[columns[-1], c]:
-            columns[-1] = t
-        previous = c
-    return digits, columns
-
-
-def log_likelihood(log_probs, digits):
-    """log P(digits | line) under CTC: summed over every alignment of the digits to the columns.
-    -inf when the digits cannot fit (more columns are needed than the line has)."""
-    if not digits:
-        return float(log_probs[:, BLANK].sum())
-    loss = F.ctc_loss(log_probs[:, None].float(), torch.tensor([digits]), torch.tensor([len(log_probs)]),
-                      torch.tensor([len(digits)]), blank=BLANK, reduction="sum")
-    return -float(loss)
+    number of columns of each line): reading.ctc.pad_rows's batch, for training."""
+    batch, columns = pad_rows(lines)
+    return torch.from_numpy(batch), torch.tensor(columns)

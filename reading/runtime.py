@@ -6,19 +6,21 @@ Runtime behind one small interface, so that reading can run where PyTorch is not
 - a number reader's log_probabilities(batch): N x 1 x 28 x W float32 (ink 1 on 0, W even) ->
   N x W/2 x 11 log-probabilities of the ten digits and CTC's blank for each column.
 
-pad_rows and ctc_log_likelihood do in NumPy what the number reader's input and decoding need of
-PyTorch today (reading/number_model.py's batch_lines and log_likelihood).
-
-open_digit_model and open_number_reader pick the implementation from the file: a .onnx file runs
-on ONNX Runtime, anything else is loaded as PyTorch weights. This module imports neither torch
-nor onnxruntime until one of them is needed, and the ONNX Runtime path never imports torch.
+load_model and load_reader (predict.py's) pick the kind from the file: a .onnx file is opened on
+ONNX Runtime (OnnxDigits, OnnxReader), anything else is loaded as PyTorch weights and returned as
+the torch module itself, as before ONNX existed here. as_digit_model and as_number_reader put
+either kind behind the interface. This module imports neither torch nor onnxruntime until one of
+them is needed, and the ONNX Runtime path never imports torch.
 """
 import math
 import os
 
 import numpy as np
 
-from reading.errors import BadWeightsError, WeightsNotFoundError
+from reading.errors import BadWeightsError, PredictError, WeightsNotFoundError
+
+DEFAULT_WEIGHTS = "mnist_cnn.pt"
+DEFAULT_READER = "number_reader.pt"
 
 # The names export_onnx.py gives the graphs' inputs and outputs, and what their values mean.
 DIGIT_INPUT = "image"
@@ -48,8 +50,6 @@ MEAN_KEY = "reading.mnist_mean"
 STD_KEY = "reading.mnist_std"
 
 EXPORT_COMMAND = "python export_onnx.py"
-# CTC's "no digit in this column": the number reader's last class, after the ten digits.
-BLANK = 10
 
 
 def is_onnx(path):
@@ -57,22 +57,86 @@ def is_onnx(path):
     return os.fspath(path).lower().endswith(".onnx")
 
 
+def load_model(weights_path=DEFAULT_WEIGHTS, device=None):
+    """The digit CNN at weights_path: an OnnxDigits for a .onnx file, else the PyTorch CNN in
+    eval mode (reading.models.load_model), on device (default: the CPU). PredictError with one
+    sentence when the file is missing or bad, or PyTorch is needed but not installed."""
+    if is_onnx(weights_path):
+        _cpu_only(device)
+        return OnnxDigits(weights_path)
+    return _pytorch(weights_path).load_model(weights_path, device)
+
+
+def load_reader(weights_path=DEFAULT_READER, device=None):
+    """The number reader at weights_path: an OnnxReader for a .onnx file, else the PyTorch
+    NumberReader in eval mode (reading.models.load_reader). Pass it to predict_number,
+    predict_digits or read_digits to read digits that touch far better than cutting them apart."""
+    if is_onnx(weights_path):
+        _cpu_only(device)
+        return OnnxReader(weights_path)
+    return _pytorch(weights_path).load_reader(weights_path, device)
+
+
+def reader_weights(given=None, weights=DEFAULT_WEIGHTS):
+    """The number reader's file to use: the one given, else reader_default(weights) when it
+    exists (the reader is optional), else None."""
+    if given:
+        return given
+    default = reader_default(weights)
+    return default if os.path.exists(default) else None
+
+
+def reader_default(weights=DEFAULT_WEIGHTS):
+    """The number reader read beside the digit model at weights when none is named: one of the
+    same kind, number_reader.onnx beside .onnx weights (which may be read where there is no
+    PyTorch), else DEFAULT_READER."""
+    return os.path.splitext(DEFAULT_READER)[0] + ".onnx" if is_onnx(weights) else DEFAULT_READER
+
+
+def _cpu_only(device):
+    if device not in (None, "cpu"):
+        raise PredictError(f"An .onnx model is read on the CPU by ONNX Runtime; --device {device} is for "
+                           f"PyTorch weights.")
+
+
+def _pytorch(weights_path):
+    """reading.models, which needs torch; one sentence instead of a traceback where torch is not
+    installed (a reading-only install from requirements-serve.txt)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        raise PredictError(f"{os.fspath(weights_path)} is PyTorch weights, and PyTorch is not installed "
+                           f"here: read the exported .onnx model instead (`{EXPORT_COMMAND}` writes it "
+                           f"where PyTorch is installed).") from error
+    from reading import models
+    return models
+
+
 def open_digit_model(path, device=None):
-    """The digit CNN at path behind the probabilities() interface: OnnxDigits for a .onnx file,
-    else TorchDigits over reading.models.load_model (one-sentence PredictErrors either way)."""
-    if is_onnx(path):
-        return OnnxDigits(path)
-    from reading.models import load_model
-    return TorchDigits(load_model(path, device))
+    """The digit CNN at path behind the probabilities() interface (OnnxDigits or TorchDigits)."""
+    return as_digit_model(load_model(path, device))
 
 
 def open_number_reader(path, device=None):
-    """The number reader at path behind the log_probabilities() interface: OnnxReader for a .onnx
-    file, else TorchReader over reading.models.load_reader."""
-    if is_onnx(path):
-        return OnnxReader(path)
-    from reading.models import load_reader
-    return TorchReader(load_reader(path, device))
+    """The number reader at path behind the log_probabilities() interface."""
+    return as_number_reader(load_reader(path, device))
+
+
+def as_digit_model(model):
+    """model behind the probabilities() interface: as it is where it has one (OnnxDigits,
+    TorchDigits), else a PyTorch CNN wrapped in TorchDigits."""
+    return model if hasattr(model, "probabilities") else TorchDigits(model)
+
+
+def as_number_reader(reader):
+    """reader behind the log_probabilities() interface, as as_digit_model does for the CNN."""
+    return reader if hasattr(reader, "log_probabilities") else TorchReader(reader)
+
+
+def digit_probabilities(model, inputs):
+    """The calibrated probabilities (an N x 10 float32 array) of a list or array of the model's
+    1x28x28 inputs (reading.digit_input.to_mnist's), in one forward pass of model (either kind)."""
+    return as_digit_model(model).probabilities(np.stack(list(inputs)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +174,18 @@ class TorchReader:
 # ---------------------------------------------------------------------------------------------
 # ONNX Runtime
 
-class OnnxDigits:
+class _OnnxFile:
+    """Pickled as its path, and opened again when unpickled: an ONNX Runtime session cannot be
+    pickled, and app.py hands its models to its worker processes that way."""
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+
+class OnnxDigits(_OnnxFile):
     """The digit CNN as exported by export_onnx.py, run by ONNX Runtime."""
 
     def __init__(self, path):
@@ -129,7 +204,7 @@ class OnnxDigits:
         return self.session.run(["logits"], {DIGIT_INPUT: _as_batch(batch, 28)})[0]
 
 
-class OnnxReader:
+class OnnxReader(_OnnxFile):
     """The number reader as exported by export_onnx.py, run by ONNX Runtime."""
 
     def __init__(self, path):
@@ -161,6 +236,11 @@ def _session(path):
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # ONNX Runtime's own warnings would print around our sentence
+    # One thread: these models take well under a millisecond a picture, the pictures' NumPy work
+    # around them is most of the time, and app.py runs one process per core (a pool of threads
+    # in each, spinning while they wait for work, would only fight the others for the cores).
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
     try:
         return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ONNX Runtime raises its own types (InvalidProtobuf, Fail, ...)
@@ -209,37 +289,3 @@ def _number(meta, key, path):
         raise BadWeightsError(f"{path} records {key}={meta[key]} in its metadata, which is not a positive "
                               f"number.")
     return value
-
-
-# ---------------------------------------------------------------------------------------------
-# The number reader's input and output, in NumPy
-
-def pad_rows(rows):
-    """Rows of digits (28 x W arrays) as one N x 1 x 28 x W_max float32 batch, padded on the right
-    with background to an even width, and the number of the reader's columns of each row."""
-    width = max(row.shape[1] for row in rows)
-    batch = np.zeros((len(rows), 1, 28, width + width % 2), np.float32)
-    for i, row in enumerate(rows):
-        batch[i, 0, :, :row.shape[1]] = row
-    return batch, [row.shape[1] // 2 for row in rows]
-
-
-def ctc_log_likelihood(log_probs, digits):
-    """log P(digits | row) under CTC, for one row's T x 11 log-probabilities: the sum over every
-    alignment of the digits to the columns (the forward algorithm), -inf when they cannot fit."""
-    log_probs = np.asarray(log_probs, np.float64)
-    if not digits:
-        return float(log_probs[:, BLANK].sum())
-    # The digits with a blank before, between and after them; an alignment walks this sequence,
-    # staying, stepping on, or skipping a blank that stands between two different digits.
-    labels = np.full(2 * len(digits) + 1, BLANK)
-    labels[1::2] = digits
-    skips = np.zeros(len(labels), bool)
-    skips[2:] = (labels[2:] != BLANK) & (labels[2:] != labels[:-2])
-    alpha = np.full(len(labels), -np.inf)
-    alpha[:2] = log_probs[0, labels[:2]]
-    for t in range(1, len(log_probs)):
-        stepped = np.concatenate([[-np.inf], alpha[:-1]])
-        skipped = np.where(skips, np.concatenate([[-np.inf, -np.inf], alpha[:-2]]), -np.inf)
-        alpha = np.logaddexp(np.logaddexp(alpha, stepped), skipped) + log_probs[t, labels]
-    return float(np.logaddexp(alpha[-1], alpha[-2]))

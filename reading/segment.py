@@ -14,7 +14,6 @@ each cut crosses choose the reading (see split_number; the cutting is in reading
 from typing import NamedTuple
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from reading.cuts import candidates, choose_digits, coarseness, slices
@@ -27,12 +26,12 @@ from reading.verdict import why_not_a_digit
 
 class Digit(NamedTuple):
     """One digit found in a picture: box (x0, y0, x1, y1) in the original picture's pixels,
-    x1 and y1 exclusive; tensor, the normalised 1x28x28 the model reads; all_ink, whether it is
+    x1 and y1 exclusive; tensor, the normalised 1x28x28 array the model reads; all_ink, whether it is
     all the ink in the picture (its tensor is then what preprocess_image makes of the picture);
     reader_probabilities, the ten probabilities the number reader gave it where the reader's
     reading of its group was chosen (None: the model's reading of tensor stands)."""
     box: tuple
-    tensor: torch.Tensor
+    tensor: np.ndarray
     all_ink: bool = False
     reader_probabilities: list = None
 
@@ -49,7 +48,7 @@ class LineReading(NamedTuple):
 def find_digits(image, classify, read_line=None):
     """The digits of the number written in the picture, left to right, as Digit tuples.
 
-    classify maps a batch of normalised tensors (N x 1 x 28 x 28) to probabilities (N x 10); it
+    classify maps a batch of normalised inputs (an N x 1 x 28 x 28 array) to probabilities (N x 10); it
     chooses where digits that touch are cut. read_line, if given, maps the ink of a group of
     digits (levels, mask, name) to a LineReading (see predict.load_reader). Raises the errors of
     read_ink."""
@@ -132,7 +131,7 @@ def _read_whole(ink, parts, classify):
     in one batch, and any digit whose reading why_not_a_digit declines marked with the reason."""
     whole = [i for i, (_, part, _) in enumerate(parts) if part.tensor is None]
     tensors = [to_mnist(ink.levels[parts[i][1].box], parts[i][1].mask, ink.name) for i in whole]
-    probs = classify(torch.stack(tensors)).double().numpy() if tensors else []
+    probs = np.asarray(classify(np.stack(tensors)), np.float64) if tensors else []
     parts = list(parts)
     for i, tensor, p in zip(whole, tensors, probs):
         parts[i] = (parts[i][0], parts[i][1]._replace(tensor=tensor, probabilities=p), parts[i][2])

@@ -72,13 +72,14 @@ def argmax(probabilities):
     return max(range(len(probabilities)), key=probabilities.__getitem__)
 
 
-def start_server(weights, *args):
-    """app.py on a free loopback port (--port 0); returns the process and its address."""
+def start_server(weights, *args, env=None):
+    """app.py on a free loopback port (--port 0), with env for its environment (None: this one's);
+    returns the process and its address."""
     # Started beside the weights, where no number_reader.pt is (one in the repository, which git
     # ignores, would be loaded and change what a developer's run tests).
     process = subprocess.Popen([sys.executable, os.path.join(REPO, "app.py"), "--weights", weights,
                                 "--port", "0", *map(str, args)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(weights))
+                               stderr=subprocess.PIPE, text=True, cwd=os.path.dirname(weights), env=env)
     line = process.stdout.readline()  # the address line; empty if it failed to start
     if "http://" not in line:
         process.kill()

@@ -8,8 +8,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-import torch
 from train_support import restore_signal_handlers
+
+# Nothing here imports torch until a fixture needs it: the reading-only venv (requirements-serve.txt,
+# no torch) runs some of these tests too (tests/test_serve.py).
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,18 +46,12 @@ def mnist_test():
 def train_weights(tmp_path_factory, mnist_train_set):
     """train_weights(count, augment=False): the path of weights trained for one epoch on the first
     count MNIST training images, seeded, so every run gets the same model."""
-    from mnist_cnn_model import CNN, train
+    from serve_models import train_cnn
 
     def trained(count, augment=False):
         images, labels = mnist_train_set
-        torch.manual_seed(0)
-        model = CNN()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        train(model, optimizer, images[:count], labels[:count], 64, torch.Generator().manual_seed(0),
-              augment=augment)
         path = tmp_path_factory.mktemp("weights") / f"{count}{'-augment' if augment else ''}.pt"
-        torch.save(model.state_dict(), path)
-        return str(path)
+        return train_cnn(images, labels, count, augment, path)
     return trained
 
 
@@ -88,6 +84,14 @@ def default_model(default_training):
 def small_model_weights(train_weights):
     """A CNN that really reads digits (about 90% on MNIST), trained in seconds, saved to a file."""
     return train_weights(3000)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, small_model_weights):
+    """A folder with the small CNN (cnn.pt) and an untrained number reader (reader.pt) exported
+    by export_onnx.py (cnn.onnx, reader.onnx), and what the export printed."""
+    from onnx_support import exported_folder
+    return exported_folder(tmp_path_factory.mktemp("exported"), small_model_weights)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ def draw_seven(size=(300, 300), box=(90, 60, 190, 240), width=14, ink=0, paper=2
 
 def seen(image):
     """The 28x28 array in [0, 1] the model sees for image (a PIL image or a path)."""
-    return grey_levels(preprocess_image(image)[0].numpy())
+    return grey_levels(preprocess_image(image)[0])
 
 
 def centre_of_mass(a):

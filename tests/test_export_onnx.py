@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import redirect_stdout
 from io import StringIO
 
 import numpy as np
@@ -16,58 +16,24 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
+from onnx_support import export, fewer_checked, weights_in
 from PIL import Image
 
 import export_onnx
+from reading.ctc import ctc_log_likelihood, pad_rows
 from reading.digit_input import MNIST_MEAN, MNIST_STD
 from reading.errors import BadWeightsError, WeightsNotFoundError
 from reading.models import load_model
-from reading.number_model import NumberReader
 from reading.runtime import (DIGIT_MODEL, MODEL_KEY, OnnxDigits, OnnxReader, TorchDigits, TorchReader,
-                             ctc_log_likelihood, open_digit_model, open_number_reader, pad_rows)
+                             open_digit_model, open_number_reader)
 from reading.verdict import NOT_A_DIGIT_BELOW
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The tests check their exports on the first 1000 MNIST test digits; the script checks all 10000.
-CHECKED_BATCHES = 2
-
-
-def fewer_checked(monkeypatch):
-    every = export_onnx.mnist_test_batches
-    monkeypatch.setattr(export_onnx, "mnist_test_batches",
-                        lambda: (b for i, b in zip(range(CHECKED_BATCHES), every())))
-
-
-def weights_in(folder, small_model_weights):
-    """folder with the small CNN's weights (cnn.pt) and an untrained number reader (reader.pt)."""
-    shutil.copy(small_model_weights, folder / "cnn.pt")
-    torch.manual_seed(0)
-    torch.save(NumberReader().state_dict(), folder / "reader.pt")
-    return folder
-
-
-def export(folder):
-    """export_onnx.py's exit status, standard output and standard error for the weights in folder."""
-    out, err = StringIO(), StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = export_onnx.main(["--weights", str(folder / "cnn.pt"), "--reader", str(folder / "reader.pt")])
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture
 def weights_folder(tmp_path, small_model_weights):
     return weights_in(tmp_path, small_model_weights)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, small_model_weights):
-    """A folder with cnn.pt and reader.pt exported by export_onnx.py, and what the export printed."""
-    folder = weights_in(tmp_path_factory.mktemp("exported"), small_model_weights)
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        fewer_checked(monkeypatch)
-        code, out, err = export(folder)
-    assert code == 0, err
-    return folder, out
 
 
 def normalised(images):
@@ -263,19 +229,22 @@ def test_open_picks_pytorch_for_weights_files(exported):
 
 
 def test_the_numpy_ctc_likelihood_is_torchs():
-    """ctc_log_likelihood gives what reading/number_model.py's log_likelihood (torch's CTC loss)
-    does: repeated digits that need a blank between them, no digits, and more than fit."""
-    from reading.number_model import log_likelihood
+    """ctc_log_likelihood gives what torch's CTC loss (the number reader's training loss) does:
+    repeated digits that need a blank between them, no digits, and more than fit."""
     log_probs = torch.randn(12, 11, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
-    for digits in ([3], [7, 7], [1, 2, 3, 4], [], [5, 5, 5, 5, 5, 5], [0] * 7):
-        expected = log_likelihood(log_probs, digits)
+    for digits in ([3], [7, 7], [1, 2, 3, 4], [5, 5, 5, 5, 5, 5]):
+        expected = -float(torch.nn.functional.ctc_loss(log_probs[:, None], torch.tensor([digits]),
+                                                       torch.tensor([12]), torch.tensor([len(digits)]),
+                                                       blank=10, reduction="sum"))
         assert ctc_log_likelihood(log_probs.numpy(), digits) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    assert ctc_log_likelihood(log_probs.numpy(), []) == pytest.approx(float(log_probs[:, 10].sum()), abs=1e-5)
     assert ctc_log_likelihood(log_probs.numpy(), [0] * 7) == -np.inf  # 7 zeros need 13 columns
 
 
 def test_rows_are_padded_as_the_reader_expects():
-    from reading.number_model import batch_lines
     rows = [np.random.default_rng(i).random((28, w), dtype=np.float32) for i, w in enumerate((40, 57, 12))]
     batch, columns = pad_rows(rows)
-    expected, expected_columns = batch_lines(rows)
-    assert np.array_equal(batch, expected.numpy()) and columns == expected_columns.tolist()
+    assert batch.shape == (3, 1, 28, 58) and batch.dtype == np.float32  # the widest, made even
+    assert columns == [20, 28, 6]
+    for row, padded in zip(rows, batch[:, 0]):
+        assert np.array_equal(padded[:, :row.shape[1]], row) and not padded[:, row.shape[1]:].any()

@@ -18,7 +18,8 @@ import predict
 import training.synthetic_numbers
 from reading.digit_input import LINE_HEIGHT, LINE_PAD, fit_line, to_line_input
 from reading.ink import read_ink, stroke_width
-from reading.number_model import BLANK, NumberReader, decode, log_likelihood
+from reading.ctc import BLANK, ctc_log_likelihood, decode
+from reading.number_model import NumberReader
 from reading.segment import LineReading, digit_groups, split_marks, split_number
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,9 +52,9 @@ def test_log_likelihood_sums_every_alignment():
     for digits in ([3], [1, 1], [2, 5, 2], []):
         total = sum(math.exp(sum(float(log_probs[t, c]) for t, c in enumerate(path)))
                     for path in itertools.product(range(11), repeat=4) if collapse(path) == digits)
-        assert log_likelihood(log_probs, digits) == pytest.approx(math.log(total), abs=1e-4)
+        assert ctc_log_likelihood(log_probs.numpy(), digits) == pytest.approx(math.log(total), abs=1e-4)
     # Five digits cannot fit four columns.
-    assert log_likelihood(log_probs, [1, 2, 3, 4, 5]) == -math.inf
+    assert ctc_log_likelihood(log_probs.numpy(), [1, 2, 3, 4, 5]) == -math.inf
 
 
 def test_the_reader_gives_log_probabilities_per_two_columns():
@@ -184,7 +185,7 @@ def touching_ink(mnist_test):
 
 
 def classify_with(model):
-    return lambda batch: predict.predict_batch(model, batch)
+    return lambda batch: predict.digit_probabilities(model, batch)
 
 
 def test_a_clearly_likelier_reading_replaces_the_cuts_and_gets_boxes(small_model, touching_ink):

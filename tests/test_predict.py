@@ -75,7 +75,7 @@ def test_save_load_round_trip_gives_identical_predictions(small_model_weights, t
     reloaded = predict.load_model(copy)
     assert not reloaded.training
     batch = [predict.preprocess_image(Image.fromarray(images[i])) for i in range(20)]
-    assert torch.equal(predict.predict_batch(model, batch), predict.predict_batch(reloaded, batch))
+    assert np.array_equal(predict.digit_probabilities(model, batch), predict.digit_probabilities(reloaded, batch))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,8 +205,8 @@ def test_folders_are_predicted_in_batches(small_model_weights, tmp_path, monkeyp
     for i in range(7):
         save(draw_seven(box=(40 + 10 * i, 60, 200, 240)), tmp_path / f"{i}.png")
     calls = []
-    real = predict.predict_batch
-    monkeypatch.setattr(predict, "predict_batch", lambda m, t: calls.append(len(t)) or real(m, t))
+    real = predict.digit_probabilities
+    monkeypatch.setattr(predict, "digit_probabilities", lambda m, t: calls.append(len(t)) or real(m, t))
     monkeypatch.setattr(predict, "BATCH_SIZE", 3)
     assert predict.main([str(tmp_path), "--weights", small_model_weights]) == 0
     assert calls == [3, 3, 1]

@@ -2,7 +2,6 @@
 group of touching digits is cut apart, with classifiers whose answers the tests choose."""
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 import reading.cuts
@@ -108,8 +107,8 @@ def test_one_digit_is_one_digit(sure_of):
     A model that knows nothing names no digit, so the ink is then one mark left out."""
     def classify(batch):
         if sure_of is None:
-            return torch.full((len(batch), 10), 0.1)
-        return torch.eye(10)[[sure_of] * len(batch)]
+            return np.full((len(batch), 10), 0.1)
+        return np.eye(10)[[sure_of] * len(batch)]
     for digit in (0, 1, 4, 5, 7):
         img, _ = number_picture([digit])
         found = reading.segment.split_marks(reading.ink.read_ink(img), classify)
@@ -126,7 +125,7 @@ def test_digits_joined_by_a_thin_stroke_are_pulled_apart():
     draw.line([(110, 110), (128, 104)], fill=0, width=3)
     ink = reading.ink.read_ink(img)
     assert reading.ink.label_pieces(ink.mask)[1] == 1
-    digits = reading.segment.split_number(ink, lambda batch: torch.eye(10)[[0] * len(batch)])
+    digits = reading.segment.split_number(ink, lambda batch: np.eye(10)[[0] * len(batch)])
     assert len(digits) == 2
     (a0, _, a1, _), (b0, _, b1, _) = digits[0].box, digits[1].box
     assert b1 > a1
@@ -152,15 +151,15 @@ def test_a_digit_says_whether_it_is_all_the_ink():
     """all_ink lets the app take a one-digit number's reading for the whole picture's, so it
     must hold exactly when the digit's input is the one preprocess_image makes."""
     def classify(batch):
-        return torch.eye(10)[[7] * len(batch)]
+        return np.eye(10)[[7] * len(batch)]
     img, _ = number_picture([7])
     [seven] = reading.segment.find_digits(img, classify)
-    assert seven.all_ink and torch.equal(seven.tensor, reading.digit_input.preprocess_image(img))
+    assert seven.all_ink and np.array_equal(seven.tensor, reading.digit_input.preprocess_image(img))
     # A blot too small to be a digit beside it is still ink of the picture, read as one digit.
     ImageDraw.Draw(img).ellipse([134, 94, 146, 106], fill=0)
     [seven] = reading.segment.find_digits(img, classify)
     assert not seven.all_ink
-    assert not torch.equal(seven.tensor, reading.digit_input.preprocess_image(img))
+    assert not np.array_equal(seven.tensor, reading.digit_input.preprocess_image(img))
     img, _ = number_picture([5, 7])
     assert [d.all_ink for d in reading.segment.find_digits(img, classify)] == [False, False]
 
@@ -168,7 +167,7 @@ def test_a_digit_says_whether_it_is_all_the_ink():
 def always(digit):
     """A classifier sure that every piece it is shown is digit: the worst case, as a model that
     has seen nothing but digits reads a long stroke as a row of 0s."""
-    return lambda batch: torch.eye(10)[[digit] * len(batch)]
+    return lambda batch: np.eye(10)[[digit] * len(batch)]
 
 
 def test_a_dash_and_an_underline_leave_no_digit():
@@ -209,9 +208,9 @@ def test_a_number_beside_a_unit_keeps_its_digits_and_leaves_the_unit_out():
             draw.line([(x + 30, 118), (x + 30, 150)], fill=0, width=10)
 
     def classify(batch):
-        ink = (batch[:, 0] > 0).numpy()
+        ink = batch[:, 0] > 0
         tall = ink.any(axis=2).sum(axis=1) > ink.any(axis=1).sum(axis=1)
-        return torch.stack([torch.eye(10)[7] if t else torch.full((10,), 0.1) for t in tall])
+        return np.stack([np.eye(10)[7] if t else np.full((10,), 0.1) for t in tall])
     found = reading.segment.split_marks(reading.ink.read_ink(img), classify)
     assert len(found.digits) == 3
     assert all(left - 6 <= d.box[0] and d.box[2] <= left + 66 for d, left in zip(found.digits, lefts))

@@ -224,7 +224,7 @@ TRAIN_KINDS = {"letters": letters, "scribbles": scribbles, "shapes": shapes, "bl
 
 def model_input(ink):
     """What predict.py makes of a picture holding just this ink: the normalised 1x28x28 tensor."""
-    return to_mnist(ink, ink > 0.5)
+    return torch.from_numpy(to_mnist(ink, ink > 0.5))
 
 
 def nondigit_bank(count, seed, kinds=TRAIN_KINDS):
