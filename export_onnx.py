@@ -20,8 +20,13 @@ import sys
 import warnings
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ModuleNotFoundError:  # the reading-only install (requirements-serve.txt) has no PyTorch
+    sys.exit("Error: exporting needs PyTorch, which is not installed here: "
+             "pip install -r requirements.txt (requirements-serve.txt only reads).")
 
 from reading.ctc import decode
 from reading.digit_input import MNIST_MEAN, MNIST_STD

@@ -18,9 +18,13 @@ import sys
 import time
 from typing import NamedTuple
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+except ModuleNotFoundError:  # the reading-only install (requirements-serve.txt) has no PyTorch
+    sys.exit("Error: training needs PyTorch, which is not installed here: "
+             "pip install -r requirements.txt (requirements-serve.txt only reads).")
 
 # predict.py and app.py import this file for CNN alone, so the training machinery (training/,
 # tqdm, matplotlib) is imported inside the functions below that need it.

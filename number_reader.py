@@ -26,8 +26,13 @@ import sys
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ModuleNotFoundError:  # the reading-only install (requirements-serve.txt) has no PyTorch
+    sys.exit("Error: training needs PyTorch, which is not installed here: "
+             "pip install -r requirements.txt (requirements-serve.txt only reads).")
 
 from reading.ctc import BLANK, decode
 from reading.models import DEFAULT_READER

@@ -28,9 +28,10 @@ load_model and load_reader take PyTorch weights (.pt: the torch module itself) o
 export (.onnx: reading.runtime.OnnxDigits and OnnxReader); every function here reads with either,
 and preprocess_image and DigitReading.image are NumPy arrays. Pictures become what MNIST digits
 look like in reading/digit_input.py, and a number is split into its digits in reading/segment.py,
-helped by the number reader of number_reader.py where it is given. The probabilities are calibrated (a reading given at 90% is right about 90% of the time),
-and a picture whose probabilities name no digit clearly (a letter, a scribble, an object) is not
-a digit (reading/verdict.py). Problems are raised as PredictError subclasses with a one-sentence
+helped by the number reader of number_reader.py where it is given. The probabilities are
+calibrated (a reading given at 90% is right about 90% of the time), and a picture whose
+probabilities name no digit clearly (a letter, a scribble, an object) is not a digit
+(reading/verdict.py). Problems are raised as PredictError subclasses with a one-sentence
 message: WeightsNotFoundError, BadWeightsError, ImageNotFoundError, NotAnImageError and
 NoDigitError (nothing to read: the picture is blank or uniform, under 3 pixels on a side, or noise
 rather than handwriting), and its subclass NotADigitError (marks, but no digit among them).

@@ -2,8 +2,8 @@
 that is reading/ctc.py.
 """
 import torch
-import torch.nn.functional as F
 import torch.nn as nn
+import torch.nn.functional as F
 
 from reading.ctc import pad_rows
 

@@ -94,7 +94,7 @@ def reader_default(weights=DEFAULT_WEIGHTS):
 
 
 def _cpu_only(device):
-    if device not in (None, "cpu"):
+    if device is not None and str(device).split(":")[0] != "cpu":
         raise PredictError(f"An .onnx model is read on the CPU by ONNX Runtime; --device {device} is for "
                            f"PyTorch weights.")
 

@@ -16,9 +16,9 @@ from PIL import Image, ImageDraw
 import number_reader
 import predict
 import training.synthetic_numbers
+from reading.ctc import BLANK, ctc_log_likelihood, decode
 from reading.digit_input import LINE_HEIGHT, LINE_PAD, fit_line, to_line_input
 from reading.ink import read_ink, stroke_width
-from reading.ctc import BLANK, ctc_log_likelihood, decode
 from reading.number_model import NumberReader
 from reading.segment import LineReading, digit_groups, split_marks, split_number
 

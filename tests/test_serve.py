@@ -106,3 +106,11 @@ def test_the_app_serves_the_export(folder, expected):
     assert code == 0 and "Traceback" not in err, err
     assert answer["number"] == "".join(str(d["digit"]) for d in expected["touching.png"]["number"])
     assert_close(answer["probabilities"], expected["touching.png"]["probabilities"])
+
+
+@pytest.mark.parametrize("script", ["export_onnx.py", "mnist_cnn_model.py", "number_reader.py"])
+def test_the_scripts_that_need_pytorch_say_so_in_one_sentence(folder, script):
+    got = subprocess.run([sys.executable, os.path.join(REPO, script)], capture_output=True, text=True,
+                         cwd=folder, timeout=120, check=False)
+    assert got.returncode == 1 and "Traceback" not in got.stderr
+    assert got.stderr.strip() == got.stderr.strip().splitlines()[0] and "needs PyTorch" in got.stderr
