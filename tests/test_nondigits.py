@@ -203,3 +203,51 @@ def test_the_command_line_says_not_a_digit_and_still_reads_the_others(default_tr
     assert lines[0].startswith(f"{tmp_path / 'a_digit.png'}: {labels[0]} (")
     # The line may go on to say how many digits --number would find, which is number splitting's call.
     assert re.fullmatch(rf"{re.escape(str(tmp_path / 'shoe.jpg'))}: not a digit(; .*)?", lines[1])
+
+
+# A unit after a number and a sign before one, written by hand in strokes of a box 1 tall (x
+# across, y down), drawn by this test alone: neither training nor the benchmarks draw these.
+UNIT_STROKES = {
+    "k": [[(0, 0), (0, 1)], [(0.4, 0.4), (0.05, 0.7), (0.45, 1)]],
+    "m": [[(0, 0.45), (0, 1)], [(0, 0.6), (0.12, 0.45), (0.25, 0.5), (0.27, 1)],
+          [(0.27, 0.6), (0.4, 0.45), (0.52, 0.5), (0.55, 1)]],
+    "$": [[(0.45, 0.15), (0.25, 0.05), (0.05, 0.2), (0.2, 0.45), (0.45, 0.65), (0.35, 0.92), (0.02, 0.85)],
+          [(0.22, -0.08), (0.22, 1.08)]],
+}
+
+
+def number_with_unit(path, mnist_test, picks, before="", after=""):
+    """MNIST test digits written 100 px tall on white paper, a sign before them and a unit after."""
+    images, labels = mnist_test
+    img = Image.new("L", (140 * (len(picks) + len(before) + len(after)) + 80, 260), 255)
+    draw, left = ImageDraw.Draw(img), 40
+    for char in before:
+        draw_unit(draw, char, left)
+        left += 110
+    for i in picks:
+        digit = Image.fromarray(255 - images[i]).resize((140, 140), Image.Resampling.BICUBIC)
+        img.paste(digit, (left - 20, 60), Image.fromarray(images[i]).resize((140, 140)))
+        left += 110
+    left += 30
+    for char in after:
+        draw_unit(draw, char, left)
+        left += int(100 * max(x for s in UNIT_STROKES[char] for x, _ in s)) + 25
+    img.save(path)
+    return "".join(str(labels[i]) for i in picks)
+
+
+def draw_unit(draw, char, left, top=80, size=100):
+    for stroke in UNIT_STROKES[char]:
+        draw.line([(left + x * size, top + y * size) for x, y in stroke], fill=0, width=11, joint="curve")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("before, after", [("", "km"), ("$", "")])
+def test_the_default_model_reads_a_number_beside_a_unit_as_its_digits(default_model, tmp_path, mnist_test,
+                                                                      before, after):
+    digits = number_with_unit(tmp_path / "meter.png", mnist_test, [0, 1, 2], before, after)
+    reading_ = predict.predict_number_reading(default_model, tmp_path / "meter.png")
+    assert "".join(str(d.digit) for d in reading_.digits) == digits
+    assert reading_.left_out, "the unit or the sign is reported as left out"
+    digits_span = (reading_.digits[0].box[0], reading_.digits[-1].box[2])
+    assert all(m.box[2] <= digits_span[0] or m.box[0] >= digits_span[1] for m in reading_.left_out)
