@@ -154,7 +154,9 @@ def drop_rule_families(levels, mask):
         band, normal = _rule_band(ys, xs, mask.shape, flip)
         if band is None:
             continue
-        crossed = shifted(mask, normal) & shifted(mask, (-normal[0], -normal[1]))
+        # Ink just beyond the line on both sides is a stroke crossing it; on one side, a stroke
+        # running along it, thicker than the line (the middle bar of a 3 on a grid line).
+        crossed = shifted(mask, normal) | shifted(mask, (-normal[0], -normal[1]))
         keep &= ~band | crossed
         levels[band & ~crossed] = 0.0
     return keep

@@ -228,9 +228,12 @@ def test_printed_lines_are_removed_and_the_digit_kept(kind, level, angle):
     assert reading.ink.label_pieces(mask)[1] == 1
 
 
-def test_a_one_drawn_along_a_grid_line_keeps_its_stroke():
+@pytest.mark.parametrize("offset", [0, 4])
+def test_a_one_drawn_along_a_grid_line_keeps_its_stroke(offset):
+    """Centred on the line, or beside it and over it (as a 3's middle bar may lie along one):
+    the stroke's pixels on the line are the stroke's."""
     img = Image.new("L", (400, 300), 255)
-    ImageDraw.Draw(img).line([(207, 50), (207, 250)], fill=0, width=12)
+    ImageDraw.Draw(img).line([(207 + offset, 50), (207 + offset, 250)], fill=0, width=12)
     stroke = np.asarray(img) < 128
     mask = reading.ink.read_ink(ruled(img, "grid", 70)).mask  # a vertical line at x = 207
     assert mask[stroke].mean() > 0.9 and stroke[mask].mean() > 0.9
