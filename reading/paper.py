@@ -140,7 +140,7 @@ def drop_rule_families(levels, mask):
     within a few degrees. They are looked for among the pixels at least half as dark as the
     threshold asks (a faint line breaks up at the threshold), by projecting those pixels across
     each direction (a line is a tall, narrow peak). A line's pixels are taken out of the ink,
-    but not where ink continues on both sides of it: a stroke crossing a line stays whole. The
+    but not where ink goes on beyond it: a stroke crossing a line stays whole. The
     levels lose the lines too (in place), so that no faint trace of them comes back as soft ink
     around the strokes."""
     if min(mask.shape) < 64:  # too small to be a photo of a sheet of paper
