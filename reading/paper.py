@@ -156,9 +156,9 @@ def drop_rule_families(levels, mask):
             continue
         # Ink just beyond the line on both sides is a stroke crossing it; on one side, a stroke
         # running along it, thicker than the line (the middle bar of a 3 on a grid line).
-        crossed = shifted(mask, normal) | shifted(mask, (-normal[0], -normal[1]))
-        keep &= ~band | crossed
-        levels[band & ~crossed] = 0.0
+        beyond = shifted(mask, normal) | shifted(mask, (-normal[0], -normal[1]))
+        keep &= ~band | beyond
+        levels[band & ~beyond] = 0.0
     return keep
 
 
