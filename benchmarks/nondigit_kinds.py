@@ -141,9 +141,12 @@ def crop(ink):
     return ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
 
 
-def resized(ink, height):
-    """The ink cropped and scaled to height pixels tall, edges kept sharp."""
+def resized(ink, height, most_width=None):
+    """The ink cropped and scaled to height pixels tall, edges kept sharp; less tall where that
+    would make it wider than most_width, so that all of it fits (a number beside a word)."""
     ink = crop(ink)
+    if most_width is not None:
+        height = min(height, max(1, int(most_width * ink.shape[0] / ink.shape[1])))
     width = max(1, round(ink.shape[1] * height / ink.shape[0]))
     big = np.asarray(Image.fromarray(ink.astype(np.float32), mode="F").resize((width, height),
                                                                               Image.Resampling.BICUBIC))
@@ -155,7 +158,7 @@ def picture(ink, style, rng):
     on a canvas, dark on white or with a transparent background (style "canvas")."""
     if style == "canvas":
         side = int(rng.integers(200, 601))
-        ink = place(resized(ink, int(side * rng.uniform(0.3, 0.8))), side, side, rng)
+        ink = place(resized(ink, int(side * rng.uniform(0.3, 0.8)), 0.9 * side), side, side, rng)
         buf = io.BytesIO()
         if rng.random() < 0.5:
             Image.fromarray(np.round(255 * (1 - ink)).astype(np.uint8)).save(buf, "PNG")
@@ -166,7 +169,7 @@ def picture(ink, style, rng):
         return buf.getvalue(), ".png"
     width = int(rng.integers(480, 1201))
     height = width * 3 // 4
-    ink = place(resized(ink, int(height * rng.uniform(0.2, 0.7))), height, width, rng) * rng.uniform(0.8, 1.0)
+    ink = place(resized(ink, int(height * rng.uniform(0.2, 0.7)), 0.9 * width), height, width, rng) * rng.uniform(0.8, 1.0)
     paper = np.array([rng.uniform(0.85, 1.0), rng.uniform(0.8, 1.0), rng.uniform(0.65, 0.95)])
     colour = np.array([0.1, 0.1, rng.uniform(0.1, 0.45)]) * rng.uniform(0.3, 1.0)
     light = lighting(height, width, rng, rng.uniform(0.5, 0.8), 1.0)
