@@ -211,6 +211,7 @@ UNIT_STROKES = {
     "k": [[(0, 0), (0, 1)], [(0.4, 0.4), (0.05, 0.7), (0.45, 1)]],
     "m": [[(0, 0.45), (0, 1)], [(0, 0.6), (0.12, 0.45), (0.25, 0.5), (0.27, 1)],
           [(0.27, 0.6), (0.4, 0.45), (0.52, 0.5), (0.55, 1)]],
+    "W": [[(0, 0), (0.15, 1), (0.3, 0.35), (0.45, 1), (0.6, 0)]],
     "$": [[(0.45, 0.15), (0.25, 0.05), (0.05, 0.2), (0.2, 0.45), (0.45, 0.65), (0.35, 0.92), (0.02, 0.85)],
           [(0.22, -0.08), (0.22, 1.08)]],
 }
@@ -242,10 +243,11 @@ def draw_unit(draw, char, left, top=80, size=100):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("before, after", [("", "km"), ("$", "")])
+@pytest.mark.parametrize("before, after, picks", [("", "km", [0, 1, 2]), ("", "kW", [6, 7, 8]), ("$", "", [0, 1, 2])])
 def test_the_default_model_reads_a_number_beside_a_unit_as_its_digits(default_model, tmp_path, mnist_test,
-                                                                      before, after):
-    digits = number_with_unit(tmp_path / "meter.png", mnist_test, [0, 1, 2], before, after)
+                                                                      before, after, picks):
+    """The W's strokes, cut apart, are each a sure 1: they are one mark all the same."""
+    digits = number_with_unit(tmp_path / "meter.png", mnist_test, picks, before, after)
     reading_ = predict.predict_number_reading(default_model, tmp_path / "meter.png")
     assert "".join(str(d.digit) for d in reading_.digits) == digits
     assert reading_.left_out, "the unit or the sign is reported as left out"

@@ -237,3 +237,38 @@ def test_ink_the_model_declines_is_never_a_digit_and_one_mark_rather_than_severa
     # Asked for two digits by a number reader, which has the last word on how many there are.
     four, other = reading.cuts.choose_digits(group, 4, runs, count=2)
     assert four.reason is None and other.reason is None and other.box[1] == slice(1, 4)
+
+
+@pytest.mark.parametrize("second", [1, 7])
+def test_the_strokes_of_a_letter_cut_apart_are_one_mark_not_ones(second):
+    """Slices 0-3 of a group that, read whole, names no digit (an M, a W): each slice a sure 1, the
+    second a sure 1 or a sure 7, and no run of two or three a digit. Four 1s cut out of such ink are
+    the strokes of one mark; a 7 among them is a digit, so the cuts stand."""
+    unsure = [0.1] * 10
+    sure = {(i, i + 1): np.eye(10)[second if i == 1 else 1] for i in range(4)}
+    runs = [candidate(i, j, sure.get((i, j), unsure), cut=0.5) for i in range(4) for j in range(i + 1, 5)]
+    group = reading.segment.Group(np.ones((10, 4), bool), (slice(0, 10), slice(0, 4)), 0, 4, 10, None, 0.0)
+    chosen = reading.cuts.choose_digits(group, 4, runs)
+    if second == 1:
+        assert len(chosen) == 1 and chosen[0].box[1] == slice(0, 4)
+        assert chosen[0].reason == reading.verdict.why_not_a_digit(unsure)
+    else:
+        assert [int(p.probabilities.argmax()) for p in chosen] == [1, 7, 1, 1]
+        assert all(p.reason is None for p in chosen)
+
+
+@pytest.mark.parametrize("size", [40, 100])
+def test_a_digit_less_than_half_as_tall_as_the_others_is_a_mark(size):
+    """147 and a 0 written 40 px tall (the g of "kg", a superscript), with a model sure that all
+    ink is a 7: the small 0 is left out with its reason; written 100 px tall, as the others, it
+    is a fourth digit."""
+    img, lefts = number_picture([1, 4, 7], canvas=(480, 200))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse([380, 150 - size, 380 + 0.6 * size, 150], outline=0, width=10)
+    found = reading.segment.split_marks(reading.ink.read_ink(img), lambda batch: np.eye(10)[[7] * len(batch)])
+    if size == 40:
+        assert len(found.digits) == 3
+        assert [m.reason for m in found.marks] == [reading.segment.SMALL_REASON]
+        assert found.marks[0].box[0] == pytest.approx(380, abs=6)
+    else:
+        assert len(found.digits) == 4 and found.marks == []
