@@ -62,6 +62,7 @@ def write_number(digits, images, labels, cell=48):
     return canvas, squared
 
 
+@pytest.mark.slow
 def test_a_number_on_squared_paper_reads_as_on_plain_paper(mnist_test, default_model):
     # The default model, not the one-epoch one: whether a weak model doubts a digit depends on
     # the CPU's arithmetic, and doubt is not what this test is about.
