@@ -76,8 +76,11 @@ def _out_of_shadow(grey, found, dark, name):
     if np.concatenate([raw[0], raw[-1], raw[:, 0], raw[:, -1]]).mean() < 0.03:
         return found
     # The strokes are measured at half size, where it costs a quarter, on the ink without the
-    # printed lines and boxes (thinner than any pen).
-    half = shade_free(grey[::2, ::2], side // 8 | 1)
+    # printed lines and boxes (thinner than any pen). Each pixel there is the mean of four: one
+    # picked out of four keeps all the noise, which deep shade magnifies (the ink is measured
+    # against the paper's brightness) until the writing drowns in it.
+    h, w = grey.shape[0] // 2 * 2, grey.shape[1] // 2 * 2
+    half = shade_free(grey[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)), side // 8 | 1)
     try:
         first = drop_rule_families(half, _threshold(half, name))
     except NoDigitError:
@@ -90,7 +93,8 @@ def _out_of_shadow(grey, found, dark, name):
     if sizes.max() < 20 or sizes.sum() < 0.25 * np.count_nonzero(first):
         return found
     pen = 2 * pen_width((sizes >= 0.1 * sizes.max())[labels])
-    levels = shade_free(grey, int(np.clip(3 * pen, 5, side // 4)) | 1)
+    # Smoothed a little first, for the same noise (a 3x3 mean, far finer than any pen here).
+    levels = shade_free(ndimage.uniform_filter(grey, 3), int(np.clip(3 * pen, 5, side // 4)) | 1)
     try:
         mask, pieces = _without_wedges(*_find_ink(levels, name, edges=False), pen)
     except NoDigitError:
