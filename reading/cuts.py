@@ -301,24 +301,25 @@ def choose_digits(group, count_slices, runs, count=None):
     if end not in best:  # every way across had a sliver too faint to read: keep it whole
         return whole
     chosen = best[end][1]
-    if count is None and _strokes_of_a_mark(chosen, count_slices, runs):
-        read = [c.part for c in runs if c.first == 0 and c.stop == count_slices]
-        part = read[0] if read else whole[0]
-        return [part._replace(reason=why_not_a_digit(part.probabilities) if read else STROKES_REASON)]
+    if count is None and _only_ones(chosen):
+        # The group read whole, where it is narrow enough to be a candidate.
+        read = next((c.part for c in runs if c.first == 0 and c.stop == count_slices), None)
+        if read is None:
+            return [whole[0]._replace(reason=STROKES_REASON)]
+        reason = why_not_a_digit(read.probabilities)
+        if reason is not None:
+            return [read._replace(reason=reason)]
     return chosen
 
 
 STROKES_REASON = "strokes of one mark that is no digit, each read as a 1"
 
 
-def _strokes_of_a_mark(chosen, count_slices, runs):
-    """Whether the digits chosen in a group are only the upright strokes of a mark that is no
-    digit: two or more 1s and nothing else cut out of ink that, read whole, names no digit (or is
-    too wide to be read whole). Any straight stroke reads as a 1, so the stems of an M, a W, an
+def _only_ones(chosen):
+    """Whether the digits chosen in a group are two or more 1s and nothing else: cut out of ink
+    that, read whole, names no digit (or is too wide to be read whole), they are the upright
+    strokes of a mark, one mark. Any straight stroke reads as a 1, so the stems of an M, a W, an
     H or an N, cut apart, are each a perfect 1; ones that touch are far rarer in a number than
     such letters beside it."""
     digits = [part for part in chosen if part.reason is None]
-    if len(digits) < 2 or any(int(part.probabilities.argmax()) != 1 for part in digits):
-        return False
-    whole = [c.part.probabilities for c in runs if c.first == 0 and c.stop == count_slices]
-    return not whole or why_not_a_digit(whole[0]) is not None
+    return len(digits) >= 2 and all(int(part.probabilities.argmax()) == 1 for part in digits)
