@@ -150,8 +150,14 @@ def drop_rule_families(levels, mask):
     if len(ys) < 3 * max(mask.shape):
         return mask
     keep = mask.copy()
+    found = {flip: _rule_band(ys, xs, mask.shape, flip) for flip in (False, True)}
+    # Squared paper cropped to a row of cells shows two lines of one direction, too few to be a
+    # family on their own; the other direction's family vouches for them: lines at right angles
+    # to it and as far apart as its own.
     for flip in (False, True):
-        band, normal = _rule_band(ys, xs, mask.shape, flip)
+        if found[flip][0] is None and found[not flip][0] is not None:
+            found[flip] = _rule_band(ys, xs, mask.shape, flip, across=found[not flip][2:])
+    for band, normal, *_ in found.values():
         if band is None:
             continue
         # Ink just beyond the line on both sides is a stroke crossing it; on one side, a stroke
@@ -162,17 +168,23 @@ def drop_rule_families(levels, mask):
     return keep
 
 
-def _rule_band(ys, xs, shape, flip):
-    """(band, normal): the pixels on a family of ruled lines among the points ys, xs (near
-    horizontal lines, or near vertical ones with flip), and the integer offset that steps from a
-    line's middle to just beyond it; (None, None) when there is no such family."""
+def _rule_band(ys, xs, shape, flip, across=None):
+    """(band, normal, angle, spacing): the pixels on a family of ruled lines among the points
+    ys, xs (near horizontal lines, or near vertical ones with flip), the integer offset that
+    steps from a line's middle to just beyond it, the lines' angle in degrees and the distance
+    between neighbours; all None when there is no such family. across: (angle, spacing) of the
+    other direction's family, which lets two lines at right angles to it, a whole number of its
+    spacings apart, count as a family."""
     if flip:
         ys, xs, shape = xs, ys, shape[::-1]
     length = shape[1]
-    best = (-1.0, 0.0)
+    # Turning the picture's axes over turns an angle's sign: a right angle to the other family
+    # is minus its angle here. The search stays within the skew a photo's perspective gives.
+    best = (-1.0, 0.0 if across is None else -across[0])
+    spans = ((6.0, 1.0), (1.0, 0.2), (0.2, 0.05)) if across is None else ((1.5, 0.25), (0.2, 0.05))
     # The direction is found on a regular sample of the points: it projects as sharply.
     every = max(1, len(ys) // 15000)
-    for span, step in ((6.0, 1.0), (1.0, 0.2), (0.2, 0.05)):
+    for span, step in spans:
         for angle in np.arange(best[1] - span, best[1] + span + step / 2, step):
             hist = _projection(ys[::every], xs[::every], np.radians(angle))[0]
             score = float(np.dot(hist, hist))
@@ -181,21 +193,29 @@ def _rule_band(ys, xs, shape, flip):
     hist, low = _projection(ys, xs, np.radians(best[1]))
     # A line runs across most of the picture, and stands out of the rows beside it, as no row
     # of a noisy texture does.
+    none = None, None, None, None
+    fewest = 3 if across is None else 2
     peaks, count = ndimage.label(hist >= max(0.6 * length, 3 * np.median(hist)))
-    if count < 3:
-        return None, None
+    if count < fewest:
+        return none
     widths = np.bincount(peaks)[1:]
     # Printed lines are thin, a few pixels however blurred, and evenly spaced; a digit's strokes
     # along them are neither.
     thin = widths <= 3 + 0.02 * min(shape)
     centres = np.asarray(ndimage.center_of_mass(hist, peaks, np.flatnonzero(thin) + 1)).ravel()
-    if len(centres) < 3:
-        return None, None
-    # Evenly spaced: every gap a whole number of the commonest gap (a line may be hidden).
+    if len(centres) < fewest:
+        return none
+    # Evenly spaced: every gap a whole number of the commonest gap (a line may be hidden); on
+    # squared paper, of the other family's gap too, give or take the perspective.
     gaps = np.diff(centres)
-    steps = np.round(gaps / np.median(gaps))
-    if (steps < 1).any() or (np.abs(gaps - steps * np.median(gaps)) > max(3.0, 0.15 * np.median(gaps))).any():
-        return None, None
+    spacing = float(np.median(gaps))
+    steps = np.round(gaps / spacing)
+    if (steps < 1).any() or (np.abs(gaps - steps * spacing) > max(3.0, 0.15 * spacing)).any():
+        return none
+    if across is not None:
+        cells = spacing / across[1]
+        if round(cells) < 1 or abs(cells - round(cells)) > 0.25:
+            return none
     on_line = np.isin(peaks, np.flatnonzero(thin) + 1)
     on_line |= _more_of_the_family(hist, centres, np.concatenate([[0], np.cumsum(steps)]),
                                    int(widths[thin].max()), 0.15 * length)
@@ -207,8 +227,8 @@ def _rule_band(ys, xs, shape, flip):
     reach = int(np.ceil(widths[thin].max() / 2)) + 2
     normal = (round(reach * np.cos(a)), round(-reach * np.sin(a)))
     if flip:
-        return band.T, normal[::-1]
-    return band, normal
+        return band.T, normal[::-1], float(best[1]), spacing
+    return band, normal, float(best[1]), spacing
 
 
 def _more_of_the_family(hist, centres, index, width, least):

@@ -237,3 +237,23 @@ def test_a_one_drawn_along_a_grid_line_keeps_its_stroke(offset):
     stroke = np.asarray(img) < 128
     mask = reading.ink.read_ink(ruled(img, "grid", 70)).mask  # a vertical line at x = 207
     assert mask[stroke].mean() > 0.9 and stroke[mask].mean() > 0.9
+
+
+def test_a_row_of_cells_with_two_lines_across_is_squared_paper():
+    """Cropped to one row of cells: two lines across, too few to be a family by themselves, but
+    at right angles to the three lines down and as far apart; they go, and the digit stays."""
+    clean = draw_seven(size=(500, 260), box=(200, 40, 300, 220), width=14)
+    mask = reading.ink.read_ink(ruled(clean, "grid", 70, angle=4.0, step=130)).mask
+    reference = reading.ink.read_ink(clean).mask
+    assert (mask & reference).sum() / (mask | reference).sum() >= 0.9
+    assert reading.ink.label_pieces(mask)[1] == 1
+
+
+def test_a_one_as_tall_as_lined_paper_is_not_taken_for_a_line():
+    """A lone upright stroke across the lines of lined paper, from edge to edge: at right angles
+    to the family, but one line is not a family of lines down."""
+    img = Image.new("L", (300, 300), 255)
+    ImageDraw.Draw(img).line([(150, 0), (150, 299)], fill=0, width=5)
+    stroke = np.asarray(img) < 128
+    mask = reading.ink.read_ink(ruled(img, "lined", 170)).mask
+    assert mask[stroke].mean() > 0.9
