@@ -100,10 +100,12 @@ def _out_of_shadow(grey, found, dark, name):
     except NoDigitError:
         return found
     # Either the local ink holds strokes far from any of the smooth paper's ink: the writing in
-    # the shade, which went with the shadow when that was set aside as a table at the edge.
+    # the shade, which went with the shadow when that was set aside as a table at the edge, or a
+    # digit on the shadow's edge, which went with it too: a piece clear of the border, as large
+    # as the digits, that the smooth paper's ink does not reach at all.
     size = int(2 * pen) | 1
-    missed = np.count_nonzero(mask & ~ndimage.maximum_filter(found[1], size=size))
-    if missed > 0.25 * mask.sum():
+    far = mask & ~ndimage.maximum_filter(found[1], size=size)
+    if np.count_nonzero(far) > 0.25 * mask.sum() or _holds_a_lost_digit(far, pieces):
         return levels, mask, pieces
     # Or the smooth paper's ink holds much ink away from the local ink's strokes: the shadowed
     # paper, or, where the shadow covers most of the sheet and the lit part was taken for chalk
@@ -120,6 +122,21 @@ def _out_of_shadow(grey, found, dark, name):
     if away <= 0.25 * mask.sum() or (not dark and away < 0.1 * mask.size):
         return found
     return levels, mask, pieces
+
+
+def _holds_a_lost_digit(far, pieces):
+    """Whether a piece of ink clear of the picture's border lies almost wholly in far (ink the
+    other reading missed) and is at least half as tall as the tallest such piece (a digit, not a
+    speck; by height, which a 1 shares with a bold 0). pieces: label_pieces of the ink that far
+    is part of."""
+    labels, count = pieces
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    missed = np.bincount(labels[far], minlength=count + 1)
+    heights = np.zeros(count + 1)
+    for k, (rows, _) in enumerate(ndimage.find_objects(labels), start=1):
+        heights[k] = rows.stop - rows.start
+    heights[_border_ids(labels)] = 0
+    return bool(((missed >= 0.9 * sizes) & (heights >= 0.5 * heights.max()) & (heights > 0)).any())
 
 
 def _without_wedges(mask, pieces, pen):

@@ -88,3 +88,21 @@ def test_a_number_on_squared_paper_reads_as_on_plain_paper(mnist_test, default_m
     on_plain = predict.predict_number(model, plain)
     assert len(on_plain) == 4
     assert predict.predict_number(model, squared) == on_plain
+
+
+def test_a_digit_on_a_shadows_edge_stays_in_the_number(tmp_path):
+    """Five 7s, the first on the hard edge of a shadow over the sheet's left: the shade is set
+    aside as the sheet's edge, but the 7 lying across it is writing and stays, though it is only
+    a fifth of the ink."""
+    img = Image.new("L", (640, 170), 235)
+    draw = ImageDraw.Draw(img)
+    for left in range(30, 600, 120):
+        draw.line([(left, 45), (left + 55, 45), (left + 20, 125)], fill=30, width=8)
+    clean = np.asarray(img) < 128
+    yy, xx = np.mgrid[0:170, 0:640]
+    light = np.where(xx + 0.5 * (yy - 85) < 50, 0.5, 1.0) * (1 - 0.2 * xx / 640)
+    noise = np.random.default_rng(0).normal(0, 0.02, light.shape)
+    grey = np.clip(np.asarray(img, np.float32) / 255 * light + noise, 0, 1)
+    path = save(Image.fromarray((grey * 255).astype(np.uint8)), tmp_path / "shadow.jpg", quality=90)
+    mask = reading.ink.read_ink(path).mask
+    assert mask[clean].mean() > 0.9 and clean[mask].mean() > 0.9
