@@ -85,7 +85,7 @@ def _out_of_shadow(grey, found, dark, name):
         first = drop_rule_families(half, _threshold(half, name))
     except NoDigitError:
         return found
-    first, (labels, count) = _drop_frames(first, label_pieces(first))
+    first, (labels, count) = _clear_of_shade(*_drop_frames(first, label_pieces(first)), half, side // 8)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
     sizes[_border_ids(labels)] = 0
@@ -139,20 +139,51 @@ def _holds_a_lost_digit(far, pieces):
     return bool(((missed >= 0.9 * sizes) & (heights >= 0.5 * heights.max()) & (heights > 0)).any())
 
 
+def _clear_of_shade(mask, pieces, levels, square):
+    """(mask, pieces) of the first look for ink in a shadow without the shade that the closing's
+    square leaves along the picture's border (see _without_wedges; here the pen is not known
+    yet): pieces lying along the border for longer than the square, no deeper than the square,
+    and fainter than the writing, as shade is (it darkens the paper less than ink does). Writing
+    that touched them is cut from the border at the square's depth, so that it counts as ink
+    clear of the border. The fragments of a digit cropped tightly touch the border for less, or
+    are as dark as the rest of it, and stay."""
+    labels, count = pieces
+    if not count:
+        return mask, pieces
+    contact, reach = _along_border(labels, count)
+    ink = np.percentile(levels[mask], 95)
+    faint = np.zeros(count + 1, bool)
+    faint[1:] = np.asarray(ndimage.median(levels, labels, np.arange(1, count + 1))) < 0.75 * ink
+    shade = np.flatnonzero((contact > square) & (reach <= square) & faint)
+    if not len(shade):
+        return mask, pieces
+    mask = mask & ~np.isin(labels, shade)
+    rim = np.ones_like(mask)
+    rim[square:-square, square:-square] = False
+    kept = mask & ~(rim & np.isin(labels, _border_ids(labels)))
+    return kept, label_pieces(kept)
+
+
+def _along_border(labels, count):
+    """(contact, reach) per piece: how many of its pixels lie on the picture's border, and how far
+    from the border its bounding box reaches inside."""
+    rim = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    contact = np.bincount(rim, minlength=count + 1)
+    contact[0] = 0
+    h, w = labels.shape
+    reach = np.zeros(count + 1)
+    for k, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+        reach[k] = min(min(rows.stop - 1, h - rows.start), min(cols.stop - 1, w - cols.start)) - 1
+    return contact, reach
+
+
 def _without_wedges(mask, pieces, pen):
     """(mask, pieces) without the wedges of shade that the local paper leaves where a shadow's
     edge meets the picture's border at a slant: too narrow there for the closing's square (three
     pens wide), they look like ink. They lie along the border for longer than a stroke is wide,
     and no further from it than that square."""
     labels = pieces[0]
-    rim = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
-    contact = np.bincount(rim, minlength=pieces[1] + 1)
-    contact[0] = 0
-    h, w = labels.shape
-    # How far from the border a piece's bounding box reaches inside.
-    reach = np.zeros(len(contact))
-    for k, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
-        reach[k] = min(min(rows.stop - 1, h - rows.start), min(cols.stop - 1, w - cols.start)) - 1
+    contact, reach = _along_border(labels, pieces[1])
     wedges = np.flatnonzero((contact > pen) & (reach <= 3 * pen))
     if not len(wedges):
         return mask, pieces
