@@ -93,6 +93,18 @@ def test_a_printed_box_around_the_digit_is_not_ink(box, tolerance):
     assert np.abs(seen(img) - seen(draw_seven())).mean() < tolerance
 
 
+@pytest.mark.parametrize("angle", [-5.0, 6.0])
+def test_a_box_turned_a_few_degrees_is_not_ink(angle):
+    """A form photographed askew: the box around the 7 is turned, so its lines cross its own
+    bounding box's edges at a slant. The 7 is read as it is without the box."""
+    img = draw_seven()
+    a = np.radians(angle)
+    corners = [(-80, -120), (80, -120), (80, 120), (-80, 120)]
+    turned = [(150 + x * np.cos(a) - y * np.sin(a), 150 + x * np.sin(a) + y * np.cos(a)) for x, y in corners]
+    ImageDraw.Draw(img).polygon(turned, outline=0, width=3)
+    assert np.abs(seen(img) - seen(draw_seven())).mean() < 0.01
+
+
 @pytest.mark.parametrize("top", [45, 50])
 def test_the_lines_of_a_table_cell_are_not_ink(top):
     """A cell cropped from a table: its lines cross the whole picture, under twice as long as
