@@ -1,5 +1,5 @@
 """Removing the paper: its tint, the lighting and shadows across it, which way round the ink is,
-and the lines printed on it.
+and the lines and boxes printed on it.
 """
 import numpy as np
 from scipy import ndimage
@@ -132,6 +132,77 @@ def shade_free(grey, size):
     paper and the ink in it alike."""
     paper = ndimage.grey_closing(grey, size=(size, size), mode="reflect")
     return np.clip((paper - grey) / np.maximum(paper, 0.05), 0.0, None).astype(np.float32)
+
+
+def printed_boxes(mask, labels):
+    """The pixels of the ink mask (labels: its 8-connected pieces) on the printed boxes around
+    the writing, a form's fields or a box drawn with a ruler, straight or turned a few degrees.
+    A box is a piece whose bounding box has ink along almost all of each of its four sides,
+    within a band 12% of its longer side deep (a tenth of the shorter side at least, a quarter
+    at most), and at least a quarter paper inside, its lines thinner than a tenth of its
+    shorter side, with writing inside it. Only those lines are the box's (see _first_line): a
+    digit that touches its box, or runs along it, keeps its strokes. (A digit's strokes along
+    its own bounding box are thicker for it, or leave its corners empty, or hold no ink, as a
+    square 0 does.)"""
+    frames = np.zeros(mask.shape, bool)
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        height, width = box[0].stop - box[0].start, box[1].stop - box[1].start
+        if min(height, width) < 20:
+            continue
+        own = labels[box] == k
+        # A box turned by a few degrees drifts across its bounding box's edge by up to a tenth
+        # of its length; the band is that deep, but a line must be thinner than a tenth of the
+        # shorter side however deep the band.
+        thin = max(2, min(height, width) // 10)
+        band = max(thin, min(int(np.ceil(0.12 * max(height, width))), min(height, width) // 4))
+        sides = [own[:band], own[:-band - 1:-1], own.T[:band], own.T[:-band - 1:-1]]
+        inside = own[band:-band, band:-band]
+        # Its corners turn away from the band's ends, by as much as the band is deeper.
+        ends = band - thin
+        # A box's lines are thin for it (but for one, where the writing lies along it), a
+        # digit's strokes along its bounding box are not; and a box is drawn around writing: a
+        # square 0 holds no ink, an empty box is left as it is.
+        if (min(side.any(0)[ends:side.shape[1] - ends].mean() for side in sides) < 0.9 or inside.mean() > 0.75
+                or sorted(np.median(_first_runs(side)[2]) for side in sides)[-2] >= thin
+                or mask[box][band:-band, band:-band].mean() < 0.02):
+            continue
+        line = np.zeros(own.shape, bool)
+        views = [line[:band], line[:-band - 1:-1], line.T[:band], line.T[:-band - 1:-1]]
+        for side, view in zip(sides, views):
+            view |= _first_line(side)
+        frames[box] |= line
+    return frames
+
+
+def _first_runs(side):
+    """(columns, first, runs): the columns of a band along an edge (row 0) that hold ink, the
+    row of the first ink met from the edge in each, and how many rows of ink run on unbroken
+    from there (a line's thickness, not the strokes further in)."""
+    present = np.flatnonzero(side.any(0))
+    first = np.argmax(side, axis=0)[present]
+    rows = np.arange(side.shape[0])[:, None]
+    gap = (rows >= first) & ~side[:, present]
+    ends = np.where(gap.any(0), np.argmax(gap, axis=0), side.shape[0])
+    return present, first, ends - first
+
+
+def _first_line(side):
+    """In a band of ink along an edge (the edge is row 0), the straight line that runs along
+    it: where the first ink met from the edge mostly lies, as thick as that ink mostly runs on
+    unbroken. (A digit's stroke that crosses the line and sticks out beyond it moves the first
+    ink in a few columns only.)"""
+    present, first, runs = _first_runs(side)
+    first = first.astype(np.float64)
+    thickness = np.median(runs)
+    inliers = np.ones(len(present), bool)
+    for _ in range(3):
+        slope, offset = np.polyfit(present[inliers], first[inliers], 1)
+        inliers = np.abs(first - (slope * present + offset)) <= max(2.0, thickness)
+        if inliers.sum() < 2:
+            break
+    top = slope * np.arange(side.shape[1]) + offset
+    rows = np.arange(side.shape[0])[:, None]
+    return side & (rows >= np.floor(top) - 1) & (rows <= np.ceil(top) + thickness)
 
 
 def drop_rule_families(levels, mask):
