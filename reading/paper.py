@@ -162,7 +162,8 @@ def printed_boxes(mask, labels):
         # A box's lines are thin for it (but for one, where the writing lies along it), a
         # digit's strokes along its bounding box are not; and a box is drawn around writing: a
         # square 0 holds no ink, an empty box is left as it is.
-        if (min(side.any(0)[ends:side.shape[1] - ends].mean() for side in sides) < 0.9 or inside.mean() > 0.75
+        if (min(side.any(0)[ends:side.shape[1] - ends].mean() for side in sides) < 0.9
+                or inside.mean() > 0.75
                 or sorted(np.median(_first_runs(side)[2]) for side in sides)[-2] >= thin
                 or mask[box][band:-band, band:-band].mean() < 0.02):
             continue
@@ -251,17 +252,11 @@ def _rule_band(ys, xs, shape, flip, across=None):
     length = shape[1]
     # Turning the picture's axes over turns an angle's sign: a right angle to the other family
     # is minus its angle here. The search stays within the skew a photo's perspective gives.
-    best = (-1.0, 0.0 if across is None else -across[0])
-    spans = ((6.0, 1.0), (1.0, 0.2), (0.2, 0.05)) if across is None else ((1.5, 0.25), (0.2, 0.05))
-    # The direction is found on a regular sample of the points: it projects as sharply.
-    every = max(1, len(ys) // 15000)
-    for span, step in spans:
-        for angle in np.arange(best[1] - span, best[1] + span + step / 2, step):
-            hist = _projection(ys[::every], xs[::every], np.radians(angle))[0]
-            score = float(np.dot(hist, hist))
-            if score > best[0]:
-                best = (score, angle)
-    hist, low = _projection(ys, xs, np.radians(best[1]))
+    if across is None:
+        angle = _sharpest_angle(ys, xs, 0.0, ((6.0, 1.0), (1.0, 0.2), (0.2, 0.05)))
+    else:
+        angle = _sharpest_angle(ys, xs, -across[0], ((1.5, 0.25), (0.2, 0.05)))
+    hist, low = _projection(ys, xs, np.radians(angle))
     # A line runs across most of the picture, and stands out of the rows beside it, as no row
     # of a noisy texture does.
     none = None, None, None, None
@@ -292,14 +287,29 @@ def _rule_band(ys, xs, shape, flip, across=None):
                                    int(widths[thin].max()), 0.15 * length)
     on_line = ndimage.binary_dilation(on_line, iterations=1)
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    a = np.radians(best[1])
+    a = np.radians(angle)
     bins = np.clip(np.round(yy * np.cos(a) - xx * np.sin(a)).astype(np.int64) - low, 0, len(hist) - 1)
     band = on_line[bins]
     reach = int(np.ceil(widths[thin].max() / 2)) + 2
     normal = (round(reach * np.cos(a)), round(-reach * np.sin(a)))
     if flip:
-        return band.T, normal[::-1], float(best[1]), spacing
-    return band, normal, float(best[1]), spacing
+        return band.T, normal[::-1], float(angle), spacing
+    return band, normal, float(angle), spacing
+
+
+def _sharpest_angle(ys, xs, start, spans):
+    """The angle in degrees, searched around start in ever finer (span, step) rounds, at which
+    the points project most sharply (the sum of the squared counts per one-pixel line). The
+    search runs on a regular sample of the points: it projects as sharply."""
+    every = max(1, len(ys) // 15000)
+    best = (-1.0, start)
+    for span, step in spans:
+        for angle in np.arange(best[1] - span, best[1] + span + step / 2, step):
+            hist = _projection(ys[::every], xs[::every], np.radians(angle))[0]
+            score = float(np.dot(hist, hist))
+            if score > best[0]:
+                best = (score, angle)
+    return best[1]
 
 
 def _more_of_the_family(hist, centres, index, width, least):
