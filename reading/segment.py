@@ -96,13 +96,17 @@ def split_marks(ink, classify, read_line=None):
     digits = []
     # A digit's mask is part of the ink's, so it is all the ink when it has as many pixels.
     ink_pixels = np.count_nonzero(ink.mask)
-    tallest = max((part.box[0].stop - part.box[0].start for _, part, probabilities in parts
-                   if part.reason is None or probabilities is not None), default=0)
+    heights = [part.box[0].stop - part.box[0].start for _, part, probabilities in parts
+               if part.reason is None or probabilities is not None]
+    tallest = max((h for h in heights if not _too_tall(h, heights)), default=0)
     for group, part, probabilities in parts:
         along = float(group.sheared[part.box][part.mask].mean())
         box = _original_box(part.box, ink.scale)
         reason = part.reason if probabilities is None else None
-        if reason is None and part.box[0].stop - part.box[0].start < SMALL_DIGIT * tallest:
+        height = part.box[0].stop - part.box[0].start
+        if reason is None and _too_tall(height, heights):
+            reason = TALL_REASON
+        elif reason is None and height < SMALL_DIGIT * tallest:
             reason = SMALL_REASON
         if reason is not None:
             marks.append((along, Mark(box, reason, part.probabilities.tolist())))
@@ -119,6 +123,20 @@ def split_marks(ink, classify, read_line=None):
 # lower-case letter or a sign beside the number (the g of "kg", the m of "km", a superscript).
 SMALL_DIGIT = 0.5
 SMALL_REASON = "less than half as tall as the number's tallest digit"
+# The other way round: a mark more than twice as tall as the middle one of the number's other
+# digits (two at least, so that they outvote it) is no digit of theirs: the shade along a sheet's
+# edge, a margin's rule, a stroke down the page. Taken for the tallest digit, it would make every
+# digit of the number "small".
+TALL_DIGIT = 2.0
+TALL_REASON = "more than twice as tall as the number's other digits"
+
+
+def _too_tall(height, heights):
+    """Whether a digit `height` tall is more than TALL_DIGIT times the median of the other heights
+    (heights: all the number's digits', this one's included), where there are two others or more."""
+    others = list(heights)
+    others.remove(height)
+    return len(others) >= 2 and height > TALL_DIGIT * float(np.median(others))
 
 
 def _slice_groups(ink, groups, line):

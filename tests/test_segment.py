@@ -257,18 +257,28 @@ def test_the_strokes_of_a_letter_cut_apart_are_one_mark_not_ones(second):
         assert all(p.reason is None for p in chosen)
 
 
-@pytest.mark.parametrize("size", [40, 100])
-def test_a_digit_less_than_half_as_tall_as_the_others_is_a_mark(size):
-    """147 and a 0 written 40 px tall (the g of "kg", a superscript), with a model sure that all
-    ink is a 7: the small 0 is left out with its reason; written 100 px tall, as the others, it
-    is a fourth digit."""
-    img, lefts = number_picture([1, 4, 7], canvas=(480, 200))
-    draw = ImageDraw.Draw(img)
-    draw.ellipse([380, 150 - size, 380 + 0.6 * size, 150], outline=0, width=10)
+def small_zero(size):
+    return lambda draw: draw.ellipse([380, 150 - size, 380 + 0.6 * size, 150], outline=0, width=10)
+
+
+def stroke_down(length):
+    return lambda draw: draw.line([(420, 40), (420, 40 + length)], fill=0, width=10)
+
+
+@pytest.mark.parametrize("mark, reason, left", [
+    (small_zero(40), reading.segment.SMALL_REASON, 380), (small_zero(100), None, None),
+    (stroke_down(300), reading.segment.TALL_REASON, 415), (stroke_down(110), None, None)])
+def test_a_digit_far_shorter_or_taller_than_the_others_is_a_mark(mark, reason, left):
+    """147 written 100 px tall, and beside it, with a model sure that all ink is a 7: a 0 written
+    40 px tall (the g of "kg", a superscript) is left out with its reason; a stroke down the page
+    300 px long (the shade along a sheet's edge, a margin's rule) too, and the digits, which it
+    would have made "small", are read. Either as tall as the others is a fourth digit."""
+    img, _ = number_picture([1, 4, 7], canvas=(480, 400))
+    mark(ImageDraw.Draw(img))
     found = reading.segment.split_marks(reading.ink.read_ink(img), lambda batch: np.eye(10)[[7] * len(batch)])
-    if size == 40:
-        assert len(found.digits) == 3
-        assert [m.reason for m in found.marks] == [reading.segment.SMALL_REASON]
-        assert found.marks[0].box[0] == pytest.approx(380, abs=6)
-    else:
+    if reason is None:
         assert len(found.digits) == 4 and found.marks == []
+    else:
+        assert len(found.digits) == 3
+        assert [m.reason for m in found.marks] == [reason]
+        assert found.marks[0].box[0] == pytest.approx(left, abs=6)
