@@ -111,18 +111,24 @@ def _out_of_shadow(grey, found, dark, name):
     # Or the smooth paper's ink holds much ink away from the local ink's strokes: the shadowed
     # paper, or, where the shadow covers most of the sheet and the lit part was taken for chalk
     # on a board, that part. (A speckled slab's thickness says less.)
-    near = ndimage.maximum_filter(mask, size=size)
-    # Only ink that reaches the picture's border counts: a shadow falls across the sheet's edge,
-    # while a digit that the local ink lost (in a box, say) stands on the sheet. And only where
-    # it is far thicker than a stroke (what an opening at twice the pen's width leaves, once
-    # noise has been smoothed out of it): a bold digit cropped tightly is all strokes.
-    edge = np.isin(found[2][0], _border_ids(found[2][0]))
-    solid = ndimage.uniform_filter(edge.astype(np.float32), size=5) > 0.5
-    slab = ndimage.maximum_filter(ndimage.minimum_filter(solid, size=size, mode="constant"), size=size)
-    away = np.count_nonzero(slab & ~near)
+    away = _slab_away(found[2][0], mask, size)
     if away <= 0.25 * mask.sum() or (not dark and away < 0.1 * mask.size):
         return found
     return levels, mask, pieces
+
+
+def _slab_away(labels, mask, size):
+    """How many pixels of the smooth paper's ink (labels: its pieces) are slab away from the local
+    ink (mask) by size (an odd width, about two pens). Only ink that reaches the picture's border
+    counts: a shadow falls across the sheet's edge, while a digit that the local ink lost (in a
+    box, say) stands on the sheet. And only where it is far thicker than a stroke (what an
+    opening at twice the pen's width leaves, once noise has been smoothed out of it): a bold
+    digit cropped tightly is all strokes."""
+    near = ndimage.maximum_filter(mask, size=size)
+    edge = np.isin(labels, _border_ids(labels))
+    solid = ndimage.uniform_filter(edge.astype(np.float32), size=5) > 0.5
+    slab = ndimage.maximum_filter(ndimage.minimum_filter(solid, size=size, mode="constant"), size=size)
+    return np.count_nonzero(slab & ~near)
 
 
 def _holds_a_lost_digit(far, pieces):
