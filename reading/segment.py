@@ -99,6 +99,7 @@ def split_marks(ink, classify, read_line=None):
     heights = [part.box[0].stop - part.box[0].start for _, part, probabilities in parts
                if part.reason is None or probabilities is not None]
     tallest = max((h for h in heights if not _too_tall(h, heights)), default=0)
+    doubted = []  # (along, height, Digit, Mark): declined by the model alone
     for group, part, probabilities in parts:
         along = float(group.sheared[part.box][part.mask].mean())
         box = _original_box(part.box, ink.scale)
@@ -108,13 +109,46 @@ def split_marks(ink, classify, read_line=None):
             reason = TALL_REASON
         elif reason is None and height < SMALL_DIGIT * tallest:
             reason = SMALL_REASON
-        if reason is not None:
-            marks.append((along, Mark(box, reason, part.probabilities.tolist())))
-            continue
         all_ink = bool(np.count_nonzero(part.mask) == ink_pixels)
+        if reason is not None:
+            mark = Mark(box, reason, part.probabilities.tolist())
+            if part.tensor is not None and reason == why_not_a_digit(part.probabilities):
+                doubted.append((along, height, Digit(box, part.tensor, all_ink), mark))
+            else:
+                marks.append((along, mark))
+            continue
         digits.append((along, Digit(box, part.tensor, all_ink, probabilities)))
+    digits, marks = _doubted_between_digits(digits, marks, doubted, heights)
     return NumberInk([d for _, d in sorted(digits, key=lambda d: d[0])],
                      [m for _, m in sorted(marks, key=lambda m: m[0])])
+
+
+# A mark the model doubts (its likeliest digit under an even bet) but written between two digits
+# of the number and about as tall as they are is a digit written unclearly, not a letter or a
+# sign: units and words come after a number and signs before it, and what does come between its
+# digits (a dash, a point, a comma, a colon) is a bar or far shorter than the digits. So it is
+# read as its likeliest digit, at the low probability the model gives it. Not where the model
+# names no digit at all (probabilities near a tenth each, as it learnt to answer two digits
+# taken as one, or a digit crossed out): its likeliest must be at least twice as likely as that.
+DOUBTED_HEIGHT = 0.75  # at least, times the middle height of the number's digits
+DOUBTED_LEAST = 0.2
+
+
+def _doubted_between_digits(digits, marks, doubted, heights):
+    """(digits, marks), both lists of (along, tuple), with each doubted mark (along, height, Digit,
+    Mark) that stands between two digits, is at least DOUBTED_HEIGHT times their median height
+    and has a likeliest digit at DOUBTED_LEAST or more taken as a digit, and the others as
+    marks."""
+    alongs = [along for along, _ in digits]
+    digits, marks = list(digits), list(marks)
+    for along, height, digit, mark in doubted:
+        inside = len(alongs) >= 2 and min(alongs) < along < max(alongs)
+        named = max(mark.probabilities) >= DOUBTED_LEAST
+        if inside and named and height >= DOUBTED_HEIGHT * float(np.median(heights)):
+            digits.append((along, digit))
+        else:
+            marks.append((along, mark))
+    return digits, marks
 
 
 # The digits of one number are written about as tall as each other: under one in 10,000 of

@@ -282,3 +282,30 @@ def test_a_digit_far_shorter_or_taller_than_the_others_is_a_mark(mark, reason, l
         assert len(found.digits) == 3
         assert [m.reason for m in found.marks] == [reason]
         assert found.marks[0].box[0] == pytest.approx(left, abs=6)
+
+
+# A 0 written unclearly, as a model doubts it: 0 at 40%, 6 at 30%; and ink it takes for no digit.
+DOUBT = np.array([0.4, 0.3 / 8, 0.3 / 8, 0.3 / 8, 0.3 / 8, 0.3 / 8, 0.3, 0.3 / 8, 0.3 / 8, 0.3 / 8])
+NONE = np.full(10, 0.1)
+
+
+def doubts_rings(doubt):
+    """A model sure that ink through the middle of its input is a 1, and giving doubt for a ring."""
+    background = -reading.digit_input.MNIST_MEAN / reading.digit_input.MNIST_STD
+    return lambda batch: np.stack([doubt if r else np.eye(10)[1]
+                                   for r in batch[:, 0, 12:16, 12:16].max(axis=(1, 2)) <= background + 0.1])
+
+
+@pytest.mark.parametrize("digits, ring, doubt, read", [
+    ([1, 0, 1], None, DOUBT, [1, 0, 1]),  # a doubted digit between two digits: read
+    ([1, 1, 0], None, DOUBT, [1, 1]),  # after the number: a unit's letter, say, left out
+    ([1, 1], 60, DOUBT, [1, 1]),  # between them but shorter: a colon, a sign, left out
+    ([1, 0, 1], None, NONE, [1, 1])])  # between them but no digit at all: a scribble, left out
+def test_a_doubted_mark_between_two_digits_and_as_tall_is_a_digit(digits, ring, doubt, read):
+    img, _ = number_picture(digits, canvas=(420, 200))
+    if ring:  # a 0 60 px tall between the two 1s (at x 75-85 and 180-190), on their baseline
+        ImageDraw.Draw(img).ellipse([112, 150 - ring, 148, 150], outline=0, width=10)
+    classify = doubts_rings(doubt)
+    found = reading.segment.split_marks(reading.ink.read_ink(img), classify)
+    assert [int(np.argmax(classify(d.tensor[None]))) for d in found.digits] == read
+    assert [m.reason for m in found.marks] == [reading.verdict.why_not_a_digit(doubt)] * (3 - len(read))
