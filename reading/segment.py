@@ -76,9 +76,10 @@ def split_marks(ink, classify, read_line=None):
     (see cuts.slices), and the way of joining the slices into digits and marks that reads best
     is chosen (see cuts.choose_digits), so a wide 0 stays one 0, two digits that touch become
     two, and a letter beside them is one mark rather than several digits. A digit whose reading
-    reading.verdict.why_not_a_digit declines is a mark, as is a straight horizontal stroke. With
-    a number reader, a group too wide for one digit is also read whole, and its reading taken
-    where it is clearly the likelier one (see _prefer_reader)."""
+    reading.verdict.why_not_a_digit declines is a mark (unless it stands between two digits, see
+    _doubted_between_digits), as is a straight horizontal stroke. With a number reader, a group
+    too wide for one digit is also read whole, and its reading taken where it is clearly the
+    likelier one (see _prefer_reader)."""
     groups, bars = sort_ink(ink)
     marks = [(float(b.left), Mark(_original_box(b.box, ink.scale), reason)) for b, reason in bars]
     if not groups:
