@@ -222,13 +222,18 @@ def drop_rule_families(levels, mask):
     if len(ys) < 3 * max(mask.shape):
         return mask
     keep = mask.copy()
-    found = {flip: _rule_band(ys, xs, mask.shape, flip) for flip in (False, True)}
+    # Each direction's sharpest angle, searched within the skew a photo's perspective gives.
+    angles = {flip: _sharpest_angle(*((xs, ys) if flip else (ys, xs)), 0.0,
+                                    ((6.0, 1.0), (1.0, 0.2), (0.2, 0.05))) for flip in (False, True)}
+    found = {flip: _rule_band(ys, xs, mask.shape, flip, angles[flip]) for flip in (False, True)}
     # Squared paper cropped to a row of cells shows two lines of one direction, too few to be a
     # family on their own; the other direction's family vouches for them: lines at right angles
     # to it and as far apart as its own.
     for flip in (False, True):
         if found[flip][0] is None and found[not flip][0] is not None:
             found[flip] = _rule_band(ys, xs, mask.shape, flip, across=found[not flip][2:])
+    if found[False][0] is None and found[True][0] is None:
+        found = _big_cells(ys, xs, faint, levels, angles)
     for band, normal, *_ in found.values():
         if band is None:
             continue
@@ -240,21 +245,20 @@ def drop_rule_families(levels, mask):
     return keep
 
 
-def _rule_band(ys, xs, shape, flip, across=None):
+def _rule_band(ys, xs, shape, flip, angle=None, across=None):
     """(band, normal, angle, spacing): the pixels on a family of ruled lines among the points
     ys, xs (near horizontal lines, or near vertical ones with flip), the integer offset that
     steps from a line's middle to just beyond it, the lines' angle in degrees and the distance
-    between neighbours; all None when there is no such family. across: (angle, spacing) of the
-    other direction's family, which lets two lines at right angles to it, a whole number of its
+    between neighbours; all None when there is no such family. angle: the points' sharpest angle
+    (drop_rule_families'), where they are searched alone. across: (angle, spacing) of the other
+    direction's family, which lets two lines at right angles to it, a whole number of its
     spacings apart, count as a family."""
     if flip:
         ys, xs, shape = xs, ys, shape[::-1]
     length = shape[1]
     # Turning the picture's axes over turns an angle's sign: a right angle to the other family
-    # is minus its angle here. The search stays within the skew a photo's perspective gives.
-    if across is None:
-        angle = _sharpest_angle(ys, xs, 0.0, ((6.0, 1.0), (1.0, 0.2), (0.2, 0.05)))
-    else:
+    # is minus its angle here.
+    if across is not None:
         angle = _sharpest_angle(ys, xs, -across[0], ((1.5, 0.25), (0.2, 0.05)))
     hist, low = _projection(ys, xs, np.radians(angle))
     # A line runs across most of the picture, and stands out of the rows beside it, as no row
@@ -286,15 +290,81 @@ def _rule_band(ys, xs, shape, flip, across=None):
     on_line |= _more_of_the_family(hist, centres, np.concatenate([[0], np.cumsum(steps)]),
                                    int(widths[thin].max()), 0.15 * length)
     on_line = ndimage.binary_dilation(on_line, iterations=1)
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    a = np.radians(angle)
-    bins = np.clip(np.round(yy * np.cos(a) - xx * np.sin(a)).astype(np.int64) - low, 0, len(hist) - 1)
-    band = on_line[bins]
-    reach = int(np.ceil(widths[thin].max() / 2)) + 2
-    normal = (round(reach * np.cos(a)), round(-reach * np.sin(a)))
+    band, normal = _band(on_line, low, angle, shape, False, int(widths[thin].max()))
     if flip:
         return band.T, normal[::-1], float(angle), spacing
     return band, normal, float(angle), spacing
+
+
+def _band(on_line, low, angle, shape, flip, width):
+    """(band, normal): the pixels of a picture of shape (turned over with flip, as _rule_band
+    turns it) whose bin of the projection at angle is on_line, and the integer offset that
+    steps from a line `width` pixels wide to just beyond it."""
+    if flip:
+        band, normal = _band(on_line, low, angle, shape[::-1], False, width)
+        return band.T, normal[::-1]
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    a = np.radians(angle)
+    bins = np.clip(np.round(yy * np.cos(a) - xx * np.sin(a)).astype(np.int64) - low, 0, len(on_line) - 1)
+    reach = int(np.ceil(width / 2)) + 2
+    return on_line[bins], (round(reach * np.cos(a)), round(-reach * np.sin(a)))
+
+
+def _big_cells(ys, xs, faint, levels, angles):
+    """{flip: (band, normal)} as _rule_band gives them, for squared paper whose cells are so
+    large that the picture holds fewer than three lines either way: lines turned half a degree
+    or more that run through the whole picture (a stroke written by hand is never that long
+    and straight), both ways at right angles, at least three of them away from the picture's
+    edges, so that they cross (a square 0 cropped tightly is four lines that meet at its
+    corners), and all alike in width and darkness (printed alike, not a pen's stroke beside a
+    rule). Both None when they are not such a lattice. angles: each direction's sharpest
+    angle."""
+    none = {False: (None, None), True: (None, None)}
+    lines = {flip: _full_lines(ys, xs, faint.shape, flip, angles[flip]) for flip in (False, True)}
+    inside = []
+    for flip, (angle, centres, *_) in lines.items():
+        # Lines away from the edges (the middle 90% across them) cross the other way's.
+        h, w = faint.shape[::-1] if flip else faint.shape
+        a = np.radians(angle)
+        middle = h / 2 * np.cos(a) - w / 2 * np.sin(a)
+        inside.append(np.count_nonzero(np.abs(centres - middle) <= 0.45 * h))
+    # Straight across rows and columns, they are ink._drop_ruled_lines' (a table around a cell,
+    # weighed against the writing's strokes); these are turned, as a photo's sheet is.
+    if (min(inside) == 0 or sum(inside) < 3 or abs(lines[False][0] + lines[True][0]) > 1.5
+            or abs(lines[False][0]) < 0.5):
+        return none
+    found, widths, darkness = {}, [], []
+    for flip, (angle, centres, width, peaks, low) in lines.items():
+        for k in np.unique(peaks[peaks > 0]):
+            band = _band(peaks == k, low, angle, faint.shape, flip, 0)[0]
+            darkness.append(float(np.median(levels[band & faint])))
+        widths.extend(width)
+        # The bins hold the rim (see _full_lines): two pixels more to step beyond.
+        found[flip] = _band(peaks > 0, low, angle, faint.shape, flip, int(width.max()) + 2)
+    if max(widths) > 2 * min(widths) + 1 or max(darkness) > 1.5 * min(darkness):
+        return none
+    return found
+
+
+def _full_lines(ys, xs, shape, flip, angle):
+    """(angle, centres, widths, peaks, low) of the thin lines among the points that run through
+    the whole picture at angle (near horizontal ones, or near vertical ones with flip): the
+    angle, their places and widths across, the projection's bins on each (numbered from 1,
+    two wider either side) and its lowest bin."""
+    if flip:
+        ys, xs, shape = xs, ys, shape[::-1]
+    hist, low = _projection(ys, xs, np.radians(angle))
+    # Each line as wide as _rule_band takes it (its blurred rim holds fewer points), but only
+    # those with a bin that runs through the whole picture.
+    peaks, count = ndimage.label(hist >= max(0.6 * shape[1], 3 * np.median(hist)))
+    widths = np.bincount(peaks, minlength=count + 1)[1:]
+    full = ndimage.maximum(hist, peaks, np.arange(1, count + 1)) >= 0.9 * shape[1]
+    thin = np.flatnonzero(full & (widths <= 3 + 0.02 * min(shape))) + 1
+    centres = np.asarray(ndimage.center_of_mass(hist, peaks, thin)).reshape(-1) + low
+    kept = np.where(np.isin(peaks, thin), peaks, 0)
+    # Two pixels wider either side (the blurred rim, which the mask may hold).
+    kept = ndimage.grey_dilation(kept, size=5)
+    return float(angle), centres, widths[thin - 1], kept, low
 
 
 def _sharpest_angle(ys, xs, start, spans):

@@ -213,9 +213,10 @@ def test_stroke_width_is_the_ink_area_over_half_its_boundary():
     assert reading.ink.stroke_width(np.zeros((4, 4), bool)) == 0.0
 
 
-def ruled(img, kind, level, angle=0.0, step=40, width=2):
-    """The picture on squared or lined paper: lines `level` grey, `width` pixels, `step` apart,
-    rotated by angle degrees, under the ink (the ink is never lighter for a line beneath it)."""
+def ruled(img, kind, level, angle=0.0, step=40, width=2, offset=7):
+    """The picture on squared or lined paper: lines `level` grey, `width` pixels, `step` apart
+    from `offset`, rotated by angle degrees, under the ink (the ink is never lighter for a line
+    beneath it)."""
     grey = np.asarray(img, np.float32)
     h, w = grey.shape
     yy, xx = np.mgrid[0:h, 0:w]
@@ -223,7 +224,7 @@ def ruled(img, kind, level, angle=0.0, step=40, width=2):
     distances = [yy * np.cos(a) - xx * np.sin(a)] + ([xx * np.cos(a) + yy * np.sin(a)] if kind == "grid" else [])
     on_line = np.zeros((h, w), bool)
     for d in distances:
-        on_line |= np.abs(np.mod(d - 7, step) - step / 2) > step / 2 - width / 2
+        on_line |= np.abs(np.mod(d - offset, step) - step / 2) > step / 2 - width / 2
     return Image.fromarray(np.where(on_line, np.minimum(grey, level), grey).astype(np.uint8))
 
 
@@ -259,6 +260,41 @@ def test_a_row_of_cells_with_two_lines_across_is_squared_paper():
     reference = reading.ink.read_ink(clean).mask
     assert (mask & reference).sum() / (mask | reference).sum() >= 0.9
     assert reading.ink.label_pieces(mask)[1] == 1
+
+
+@pytest.mark.parametrize("size, angle", [((400, 300), 2.0), ((420, 300), 4.0), ((300, 420), -3.0)])
+def test_squared_paper_with_too_few_lines_for_a_family_is_squared_paper(size, angle):
+    """Cells so large that two or three lines cross the picture, not three each way: together
+    they are a lattice of printed lines crossing at right angles, turned as a photographed
+    sheet is, and they go."""
+    w, h = size
+    clean = draw_seven(size=size, box=(w // 2 - 50, h // 2 - 90, w // 2 + 50, h // 2 + 90), width=14)
+    mask = reading.ink.read_ink(ruled(clean, "grid", 70, angle=angle, step=200, offset=60)).mask
+    reference = reading.ink.read_ink(clean).mask
+    assert (mask & reference).sum() / (mask | reference).sum() >= 0.9
+    assert reading.ink.label_pieces(mask)[1] == 1
+
+
+def test_a_square_zero_cropped_tightly_is_not_a_lattice():
+    """Four thin strokes along the picture's edges, turned a little, meeting at the corners:
+    long, straight and at right angles, but they do not cross, so they are writing, not
+    paper."""
+    img = Image.new("L", (200, 300), 255)
+    ImageDraw.Draw(img).polygon([(12, 4), (195, 12), (188, 295), (4, 287)], outline=0, width=4)
+    stroke = np.asarray(img) < 128
+    mask = reading.ink.read_ink(img).mask
+    assert mask[stroke].mean() > 0.9
+
+
+def test_a_pen_stroke_across_two_rules_is_not_a_lattice():
+    """A stroke drawn with a pen from edge to edge across two rules of lined paper: long,
+    straight and crossing them at right angles, but darker and wider than the printed lines,
+    so it is writing."""
+    img = Image.new("L", (300, 400), 255)
+    ImageDraw.Draw(img).line([(161, 0), (140, 399)], fill=0, width=6)  # at right angles to the rules
+    stroke = np.asarray(img) < 128
+    mask = reading.ink.read_ink(ruled(img, "lined", 170, angle=3.0, step=220, offset=90)).mask
+    assert mask[stroke].mean() > 0.9
 
 
 def test_a_one_as_tall_as_lined_paper_is_not_taken_for_a_line():
