@@ -261,17 +261,12 @@ def _rule_band(ys, xs, shape, flip, angle=None, across=None):
     if across is not None:
         angle = _sharpest_angle(ys, xs, -across[0], ((1.5, 0.25), (0.2, 0.05)))
     hist, low = _projection(ys, xs, np.radians(angle))
-    # A line runs across most of the picture, and stands out of the rows beside it, as no row
-    # of a noisy texture does.
     none = None, None, None, None
     fewest = 3 if across is None else 2
-    peaks, count = ndimage.label(hist >= max(0.6 * length, 3 * np.median(hist)))
+    peaks, count, widths, thin = _line_peaks(hist, shape)
     if count < fewest:
         return none
-    widths = np.bincount(peaks)[1:]
-    # Printed lines are thin, a few pixels however blurred, and evenly spaced; a digit's strokes
-    # along them are neither.
-    thin = widths <= 3 + 0.02 * min(shape)
+    # Printed lines are also evenly spaced; a digit's strokes along them are not.
     centres = np.asarray(ndimage.center_of_mass(hist, peaks, np.flatnonzero(thin) + 1)).ravel()
     if len(centres) < fewest:
         return none
@@ -356,15 +351,25 @@ def _full_lines(ys, xs, shape, flip, angle):
     hist, low = _projection(ys, xs, np.radians(angle))
     # Each line as wide as _rule_band takes it (its blurred rim holds fewer points), but only
     # those with a bin that runs through the whole picture.
-    peaks, count = ndimage.label(hist >= max(0.6 * shape[1], 3 * np.median(hist)))
-    widths = np.bincount(peaks, minlength=count + 1)[1:]
+    peaks, count, widths, thin = _line_peaks(hist, shape)
     full = ndimage.maximum(hist, peaks, np.arange(1, count + 1)) >= 0.9 * shape[1]
-    thin = np.flatnonzero(full & (widths <= 3 + 0.02 * min(shape))) + 1
+    thin = np.flatnonzero(full & thin) + 1
     centres = np.asarray(ndimage.center_of_mass(hist, peaks, thin)).reshape(-1) + low
     kept = np.where(np.isin(peaks, thin), peaks, 0)
     # Two pixels wider either side (the blurred rim, which the mask may hold).
     kept = ndimage.grey_dilation(kept, size=5)
     return float(angle), centres, widths[thin - 1], kept, low
+
+
+def _line_peaks(hist, shape):
+    """(peaks, count, widths, thin) of a projection across a picture of shape (its lines along
+    axis 1): the runs of bins that a line makes, numbered from 1, how many, their widths, and
+    which are thin. A line runs across most of the picture and stands out of the rows beside
+    it, as no row of a noisy texture does; a printed one is thin, a few pixels however
+    blurred."""
+    peaks, count = ndimage.label(hist >= max(0.6 * shape[1], 3 * np.median(hist)))
+    widths = np.bincount(peaks, minlength=count + 1)[1:]
+    return peaks, count, widths, widths <= 3 + 0.02 * min(shape)
 
 
 def _sharpest_angle(ys, xs, start, spans):
