@@ -51,7 +51,7 @@ from reading.errors import (BadWeightsError, ImageNotFoundError, NoDigitError, N
                             PredictError, WeightsNotFoundError)
 from reading.figures import (check_matplotlib, has_display, number_confidence, pyplot, show_number,
                              show_prediction)
-from reading.ink import read_ink
+from reading.ink import one_digit_mask, read_ink
 from reading.marks import Mark
 from reading.runtime import (DEFAULT_READER, DEFAULT_WEIGHTS, digit_probabilities, is_onnx, load_model,
                              load_reader, reader_default, reader_weights)
@@ -209,7 +209,7 @@ def _read_one(model, path):
     # a number may be written in fewer strokes than it has digits.
     try:
         ink = read_ink(path)
-        return OneDigit(to_mnist(ink.levels, ink.mask, ink.name),
+        return OneDigit(to_mnist(ink.levels, one_digit_mask(ink), ink.name),
                         count_digits(ink, lambda batch: digit_probabilities(model, batch)))
     except PredictError as error:
         return _bare(error)

@@ -7,7 +7,7 @@ from PIL import Image
 from scipy import ndimage
 
 from reading.errors import NoDigitError
-from reading.ink import read_ink, stroke_width
+from reading.ink import one_digit_mask, read_ink, stroke_width
 from reading.paper import sample
 
 # Mean and standard deviation of the MNIST training pixels (in [0, 1]). Training and predict.py
@@ -38,7 +38,7 @@ def preprocess_image(image):
     all the ink in the picture as one digit. Raises ImageNotFoundError, NotAnImageError or
     NoDigitError."""
     ink = read_ink(image)
-    return to_mnist(ink.levels, ink.mask, ink.name)
+    return to_mnist(ink.levels, one_digit_mask(ink), ink.name)
 
 
 # ---------------------------------------------------------------------------------------------

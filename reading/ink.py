@@ -61,6 +61,38 @@ def read_ink(image):
     return Ink(levels, mask, scale, name, pieces)
 
 
+def one_digit_mask(ink):
+    """The mask of the ink read as one digit: without pieces at the picture's border that lie
+    far from all the other ink (a sliver or corner of shade, a table's edge, the rim of the
+    sheet), when the ink clear of the border is tall enough to be the digit. A digit on a
+    photographed sheet stands clear of the border with its strokes close together; a digit
+    cropped tightly touches the border itself, its pieces close to each other, so nothing is
+    dropped. Far: further than half the clear ink's height. Tall enough: at least half as tall as
+    the tallest of the border pieces."""
+    labels, count = ink.pieces if ink.pieces is not None else label_pieces(ink.mask)
+    border = _border_ids(labels)
+    if not len(border) or len(border) == count:
+        return ink.mask
+    clear = ink.mask & ~np.isin(labels, border)
+    rows = np.flatnonzero(clear.any(1))
+    height = rows[-1] - rows[0] + 1
+    spans = ndimage.find_objects(labels)
+    if height < 0.5 * max(spans[k - 1][0].stop - spans[k - 1][0].start for k in border):
+        return ink.mask
+    reach = int(np.ceil(0.5 * height))
+    far = []
+    for k in border:
+        # Only the piece's surroundings, as far as reach, need looking at.
+        rows, cols = spans[k - 1]
+        window = (slice(max(rows.start - reach, 0), rows.stop + reach),
+                  slice(max(cols.start - reach, 0), cols.stop + reach))
+        piece = labels[window] == k
+        others = ink.mask[window] & ~piece
+        if not others.any() or ndimage.distance_transform_edt(~others)[piece].min() > reach:
+            far.append(k)
+    return ink.mask & ~np.isin(labels, far) if far else ink.mask
+
+
 def _out_of_shadow(grey, found, dark, name):
     """(levels, mask, pieces): the ink found against a smooth paper (found: those three), or,
     where a shadow or uneven light across the sheet made part of the paper look like ink, the ink

@@ -305,3 +305,40 @@ def test_a_one_as_tall_as_lined_paper_is_not_taken_for_a_line():
     stroke = np.asarray(img) < 128
     mask = reading.ink.read_ink(ruled(img, "lined", 170)).mask
     assert mask[stroke].mean() > 0.9
+
+
+@pytest.mark.parametrize("corner", [[(0, 0), (160, 0), (0, 16)], [(400, 0), (400, 14), (230, 0)]])
+def test_a_corner_of_shade_far_from_the_digit_is_not_read_with_it(tmp_path, corner):
+    """A photo with a sliver of shade along its top edge, where a shadow's curved edge or the
+    vignetting meets the border: too thin to be set aside as a slab, as a piece of ink it would
+    be read with the digit, which it would shrink and push into a corner of the model's input."""
+    img = draw_seven(size=(400, 400), box=(150, 120, 250, 300), width=14, paper=235, ink=20)
+    ImageDraw.Draw(img).polygon(corner, fill=110)
+    path = save(img, tmp_path / "corner.jpg", quality=90)
+    ink = reading.ink.read_ink(path)
+    assert reading.ink.one_digit_mask(ink).sum() < ink.mask.sum()  # the corner was ink
+    reference = seen(draw_seven(size=(400, 400), box=(150, 120, 250, 300), width=14))
+    assert np.abs(seen(path) - reference).mean() < 0.03
+
+
+def test_a_tight_crop_keeps_its_digit_and_a_mark_clear_of_the_border():
+    """The digit itself touches the border, and a dash stands clear of it: the dash is not tall
+    enough to be the digit, so nothing is dropped."""
+    img = draw_seven(size=(100, 180), box=(0, 5, 100, 180), width=12)
+    ImageDraw.Draw(img).line([(10, 60), (50, 60)], fill=0, width=12)
+    ink = reading.ink.read_ink(img)
+    assert len(np.unique(ink.pieces[0])) == 3
+    assert (reading.ink.one_digit_mask(ink) == ink.mask).all()
+
+
+def test_a_stroke_at_the_border_close_to_the_rest_of_the_digit_is_kept():
+    """A 5 whose bar, written apart from its body, touches the top of a tight crop: it lies a
+    few pixels from the body, not half the body's height away."""
+    img = Image.new("L", (200, 260), 255)
+    draw = ImageDraw.Draw(img)
+    draw.line([(70, 4), (150, 4)], fill=0, width=12)
+    draw.line([(70, 22), (65, 110)], fill=0, width=12)
+    draw.arc([55, 90, 165, 230], start=-150, end=150, fill=0, width=12)
+    ink = reading.ink.read_ink(img)
+    assert len(np.unique(ink.pieces[0])) == 3
+    assert (reading.ink.one_digit_mask(ink) == ink.mask).all()
