@@ -83,9 +83,9 @@ def one_digit_mask(ink):
     far = []
     for k in border:
         # Only the piece's surroundings, as far as reach, need looking at.
-        rows, cols = spans[k - 1]
-        window = (slice(max(rows.start - reach, 0), rows.stop + reach),
-                  slice(max(cols.start - reach, 0), cols.stop + reach))
+        down, across = spans[k - 1]
+        window = (slice(max(down.start - reach, 0), down.stop + reach),
+                  slice(max(across.start - reach, 0), across.stop + reach))
         piece = labels[window] == k
         others = ink.mask[window] & ~piece
         if not others.any() or ndimage.distance_transform_edt(~others)[piece].min() > reach:
