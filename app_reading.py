@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import predict
-from reading.digit_input import grey_levels, to_mnist
+from reading.digit_input import grey_levels, ink_as_one_digit
 from reading.images import open_file
-from reading.ink import one_digit_mask, read_ink
+from reading.ink import read_ink
 from reading.runtime import digit_probabilities
 from reading.verdict import why_not_a_digit
 
@@ -54,7 +54,7 @@ def read_picture(model, data, reader=None):
         digit, probabilities = readings[0].digit, readings[0].probabilities
     else:
         # (When both readings fail, the sentence given is this one's.)
-        whole = digit_probabilities(model, [to_mnist(ink.levels, one_digit_mask(ink), ink.name)])[0]
+        whole = digit_probabilities(model, [ink_as_one_digit(ink)])[0]
         digit, probabilities = int(whole.argmax()), whole.tolist()
     if failure is not None:
         raise failure

@@ -46,12 +46,12 @@ import numpy as np
 from PIL import Image
 
 from reading.ctc import read_row
-from reading.digit_input import preprocess_image, to_mnist
+from reading.digit_input import ink_as_one_digit, preprocess_image
 from reading.errors import (BadWeightsError, ImageNotFoundError, NoDigitError, NotADigitError, NotAnImageError,
                             PredictError, WeightsNotFoundError)
 from reading.figures import (check_matplotlib, has_display, number_confidence, pyplot, show_number,
                              show_prediction)
-from reading.ink import one_digit_mask, read_ink
+from reading.ink import read_ink
 from reading.marks import Mark
 from reading.runtime import (DEFAULT_READER, DEFAULT_WEIGHTS, digit_probabilities, is_onnx, load_model,
                              load_reader, reader_default, reader_weights)
@@ -209,7 +209,7 @@ def _read_one(model, path):
     # a number may be written in fewer strokes than it has digits.
     try:
         ink = read_ink(path)
-        return OneDigit(to_mnist(ink.levels, one_digit_mask(ink), ink.name),
+        return OneDigit(ink_as_one_digit(ink),
                         count_digits(ink, lambda batch: digit_probabilities(model, batch)))
     except PredictError as error:
         return _bare(error)

@@ -37,7 +37,13 @@ def preprocess_image(image):
     """The normalised 1x28x28 float32 array the model reads, from a path or a PIL image, taking
     all the ink in the picture as one digit. Raises ImageNotFoundError, NotAnImageError or
     NoDigitError."""
-    ink = read_ink(image)
+    return ink_as_one_digit(read_ink(image))
+
+
+def ink_as_one_digit(ink):
+    """The model's input for a picture's Ink read as one digit: all of it, but for the pieces at
+    the border that ink.one_digit_mask leaves out. Every reader of a whole picture as one digit
+    (preprocess_image, predict.py's lines, the page) goes through here, so they agree."""
     return to_mnist(ink.levels, one_digit_mask(ink), ink.name)
 
 
